@@ -1,0 +1,132 @@
+"""Load a causal LM and its tokenizer from any source, on the device asked for."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from ..errors import DeviceError, InputError, ModelSourceError, UnsupportedModelError
+from .adapters import ModelParts
+from .sources import ResolvedSource, convert_gguf, resolve_source
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu; an unavailable device is an error."""
+    device = (device or "auto").lower()
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    kind = device.split(":")[0]
+    if kind not in {"cpu", "cuda", "mps"}:
+        raise DeviceError(f"unknown device {device!r}: use cpu, cuda, mps or auto")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise DeviceError("CUDA was asked for but no CUDA device is available: use --device cpu or auto")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError("MPS was asked for but is not available on this machine: use --device cpu or auto")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    key = (dtype or "float32").lower()
+    if key not in DTYPES:
+        raise InputError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+    return DTYPES[key]
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for capture: weights, tokenizer, resolved parts, where it came from."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    parts: ModelParts
+    name: str
+    device: torch.device
+    source: str = "object"
+    load_seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def context_length(self) -> int | None:
+        cfg = self.model.config
+        for attr in ("max_position_embeddings", "n_positions", "n_ctx"):
+            value = getattr(cfg, attr, None)
+            if value:
+                return int(value)
+        return None
+
+
+def _prepare_tokenizer(tokenizer) -> None:
+    if getattr(tokenizer, "pad_token_id", None) is None and getattr(tokenizer, "eos_token", None) is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+def wrap_model(model, tokenizer, name: str = "model", device: str | torch.device | None = None,
+               source: str = "object") -> LoadedModel:
+    """Wrap a model and tokenizer the caller already has (training loops, notebooks)."""
+    if model is None or tokenizer is None:
+        raise InputError("both a model object and a tokenizer object are needed")
+    if not hasattr(model, "config"):
+        raise UnsupportedModelError(f"{type(model).__name__} has no .config: not a transformers model")
+    parts = ModelParts.resolve(model)
+    dev = next(model.parameters()).device if device is None else resolve_device(str(device))
+    if device is not None and dev != next(model.parameters()).device:
+        model.to(dev)
+    _prepare_tokenizer(tokenizer)
+    return LoadedModel(model=model, tokenizer=tokenizer, parts=parts, name=name, device=dev, source=source)
+
+
+def _from_pretrained(location: str, dtype: torch.dtype, **kwargs):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **kwargs)
+    return model, tokenizer
+
+
+def load_model(name: str | None = None, device: str | None = "auto", dtype: str | torch.dtype | None = "float32",
+               progress: Callable[[str], None] | None = None, **from_pretrained_kwargs) -> LoadedModel:
+    """Load ``name`` (bundled name, ``.gguf`` path, model directory or hub id).
+
+    ``None`` loads the default model (see :func:`openmav.backends.sources.default_model_name`).
+    Extra keyword arguments go to ``from_pretrained`` (e.g. ``revision``,
+    ``quantization_config``).
+    """
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype)
+    src: ResolvedSource = resolve_source(name)
+    start = time.perf_counter()
+    location = src.location
+    if src.gguf is not None:
+        location = str(convert_gguf(src.gguf, progress=progress))
+    if progress:
+        progress(f"loading {src.name}")
+    try:
+        model, tokenizer = _from_pretrained(location, torch_dtype, **from_pretrained_kwargs)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if src.kind == "hub":
+            raise ModelSourceError(
+                f"could not load {src.name!r} from the Hugging Face hub ({first}); without network use a "
+                "bundled model (smollm2-135m, gemma3-270m), a model directory or a .gguf file"
+            ) from exc
+        raise ModelSourceError(f"could not load {src.name!r}: {first}") from exc
+    model.to(dev)
+    model.eval()
+    loaded = wrap_model(model, tokenizer, name=src.name, source=src.kind)
+    loaded.load_seconds = time.perf_counter() - start
+    return loaded

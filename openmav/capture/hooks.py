@@ -1,0 +1,117 @@
+"""Forward hooks that read (never change) what one forward pass computes.
+
+:class:`CaptureHooks` is a context manager: hooks are attached on entry and removed
+in ``finally`` on exit, whatever happens in between.  Reading a capture outside the
+context raises :class:`~openmav.errors.OutsideContextError` at once.
+
+Standard capture names (``b`` batch, ``p`` position, ``h`` head, ``q``/``k`` query/key, ``d`` model width):
+
+- ``blocks.{l}.attn.pattern``   ``[b, h, q, k]``   eager attention probabilities
+- ``blocks.{l}.attn.out``       ``[b, p, d]``      what the attention block adds to the residual
+- ``blocks.{l}.mlp.out``        ``[b, p, d]``      what the MLP block adds to the residual
+- ``blocks.{l}.resid_post``     ``[b, p, d]``      the residual stream after block ``l``
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+from ..backends.adapters import ModelParts
+from ..errors import OutsideContextError
+
+
+def _first(output):
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+@contextmanager
+def attention_implementation(model: torch.nn.Module, name: str | None):
+    """Switch the model to attention implementation ``name`` (e.g. ``"eager"``) and back."""
+    current = getattr(model.config, "_attn_implementation", None)
+    if name is None or current == name:
+        yield
+        return
+    model.set_attn_implementation(name)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(current)
+
+
+class CaptureHooks:
+    """Keeps, per layer, the last-position slices of one forward's activations.
+
+    ``last_only`` keeps ``[.., -1, :]`` slices (the step loop); otherwise whole
+    tensors are kept (``[b, p, d]``, patterns ``[b, h, q, k]``).  ``full_pattern``
+    may be switched on for one forward (the prompt) to keep whole patterns.
+    """
+
+    def __init__(self, parts: ModelParts, attention: bool = True, last_only: bool = True):
+        self.parts = parts
+        self.want_attention = attention
+        self.last_only = last_only
+        self.full_pattern = False
+        n = parts.n_layers
+        self.pattern: list[torch.Tensor | None] = [None] * n
+        self.attn_out: list[torch.Tensor | None] = [None] * n
+        self.mlp_out: list[torch.Tensor | None] = [None] * n
+        self.resid: list[torch.Tensor | None] = [None] * n
+        self._handles: list = []
+        self._active = False
+
+    def _keep(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor[:, -1] if self.last_only else tensor
+
+    def _store(self, slot: list, layer: int, attn_pattern: bool = False):
+        def hook(module, args, output):
+            if attn_pattern:
+                weights = output[1] if isinstance(output, (tuple, list)) and len(output) > 1 else None
+                if weights is not None:
+                    slot[layer] = weights if (self.full_pattern or not self.last_only) else weights[:, :, -1]
+            else:
+                slot[layer] = self._keep(_first(output))
+
+        return hook
+
+    def __enter__(self) -> "CaptureHooks":
+        p = self.parts
+        try:
+            for i in range(p.n_layers):
+                self._handles.append(p.blocks[i].register_forward_hook(self._store(self.resid, i)))
+                self._handles.append(p.mlp_out[i].register_forward_hook(self._store(self.mlp_out, i)))
+                if p.attn_out[i] is p.attn[i]:
+                    self._handles.append(p.attn[i].register_forward_hook(self._store(self.attn_out, i)))
+                else:
+                    self._handles.append(p.attn_out[i].register_forward_hook(self._store(self.attn_out, i)))
+                if self.want_attention:
+                    self._handles.append(p.attn[i].register_forward_hook(self._store(self.pattern, i, True)))
+        except BaseException:
+            self._remove()
+            raise
+        self._active = True
+        return self
+
+    def _remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._active = False
+
+    def __exit__(self, *exc) -> None:
+        self._remove()
+
+    def _check(self, name: str) -> None:
+        if not self._active:
+            raise OutsideContextError(f"CaptureHooks.{name} is only valid inside `with CaptureHooks(...)`")
+
+    def stacked(self, name: str) -> torch.Tensor:
+        """One capture stacked over layers: ``resid``, ``attn_out``, ``mlp_out`` or ``pattern``."""
+        self._check(name)
+        items = getattr(self, name)
+        if any(t is None for t in items):
+            missing = [i for i, t in enumerate(items) if t is None]
+            raise RuntimeError(f"capture {name!r} is missing for layers {missing[:5]}; "
+                               "was attention eager and the forward run inside the context?")
+        return torch.stack(items)

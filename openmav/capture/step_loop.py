@@ -1,0 +1,195 @@
+"""The step loop: one prefill forward, then exactly one forward per new token.
+
+The KV cache carries the past, so each token costs one forward over one position.
+Captures are read by hooks (:mod:`openmav.capture.hooks`); attention probabilities
+need eager attention, which is switched on only when attention is captured.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from ..backends.loading import LoadedModel
+from ..errors import InputError, NonFiniteLogitsError
+from ..metrics import entropy, l2_norm, max_abs
+from .hooks import CaptureHooks, attention_implementation
+from .records import StepRecord
+from .sampling import Sampler, SamplingConfig
+from .tokens import IncrementalDecoder, TokenTexts
+
+
+@dataclass(frozen=True)
+class CaptureConfig:
+    """What each step records.  The logit lens costs one unembedding per layer."""
+
+    attention: bool = True
+    prompt_attention: bool = True
+    logit_lens: bool = True
+    lens_top_k: int = 5
+    top_k: int = 20
+
+
+def token_texts(lm: LoadedModel) -> TokenTexts:
+    """The (cached) :class:`TokenTexts` of a loaded model's tokenizer."""
+    cached = lm.extra.get("token_texts")
+    if cached is None:
+        cached = lm.extra["token_texts"] = TokenTexts(lm.tokenizer)
+    return cached
+
+
+def encode_prompt(lm: LoadedModel, prompt: str, max_new_tokens: int = 0) -> torch.Tensor:
+    """Token ids ``[1, P]`` for ``prompt``; errors for an empty prompt or one past the context."""
+    if prompt is None or not str(prompt).strip():
+        raise InputError("the prompt is empty: give some text to continue")
+    ids = lm.tokenizer(prompt, return_tensors="pt").input_ids
+    if ids.shape[1] == 0:
+        raise InputError("the prompt encodes to no tokens")
+    ctx = lm.context_length
+    if ctx and ids.shape[1] + max_new_tokens > ctx:
+        raise InputError(
+            f"the prompt is {ids.shape[1]} tokens and {max_new_tokens} new tokens were asked for, "
+            f"but {lm.name} has a context of {ctx} tokens: shorten the prompt or lower --max-new-tokens"
+        )
+    return ids.to(lm.device)
+
+
+def logit_lens(lm: LoadedModel, resid: torch.Tensor) -> torch.Tensor:
+    """Logits of the logit lens, ``unembed(final_norm(resid))`` for each row of ``resid [n, d]``.
+
+    The final norm is applied to each row with that row's own statistics; Gemma's
+    final logit soft-capping is applied when the model has it, so the last layer's
+    lens equals the model's own logits.
+    """
+    parts = lm.parts
+    logits = parts.unembed(parts.final_norm(resid))
+    cap = parts.final_logit_softcap
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def align_rows(rows: list[torch.Tensor], seq: int) -> torch.Tensor:
+    """Stack per-layer attention rows ``[H, k_l]`` into ``[L, H, seq]``.
+
+    Sliding-window layers may see fewer keys than ``seq``; their rows cover the
+    most recent keys, so they are placed at the right end and the rest is zero.
+    """
+    if all(r.shape[-1] == seq for r in rows):
+        return torch.stack(rows)
+    out = rows[0].new_zeros((len(rows), rows[0].shape[0], seq))
+    for i, r in enumerate(rows):
+        out[i, :, seq - r.shape[-1]:] = r
+    return out
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().float().cpu().numpy()
+
+
+def _check_finite(logits: torch.Tensor, step: int) -> None:
+    if not torch.isfinite(logits).all():
+        raise NonFiniteLogitsError(
+            f"the model produced NaN or infinite logits at step {step}: try --dtype float32 or another device"
+        )
+
+
+def generate_steps(lm: LoadedModel, prompt: str | None = None, max_new_tokens: int = 50,
+                   sampling: SamplingConfig | None = None, capture: CaptureConfig | None = None,
+                   stop_at_eos: bool = True, input_ids: torch.Tensor | None = None) -> Iterator[StepRecord]:
+    """Generate up to ``max_new_tokens`` tokens, yielding one :class:`StepRecord` per token.
+
+    Pass ``prompt`` (text) or ``input_ids`` (``[1, P]``).  Hooks are attached only for
+    the duration of the generator and removed on exit, error or abandonment.
+    """
+    from transformers import DynamicCache
+
+    if max_new_tokens < 1:
+        raise InputError(f"max new tokens must be >= 1, got {max_new_tokens}")
+    sampling = sampling or SamplingConfig()
+    capture = capture or CaptureConfig()
+    if input_ids is None:
+        input_ids = encode_prompt(lm, prompt, max_new_tokens)
+    model, parts, texts = lm.model, lm.parts, token_texts(lm)
+    sampler = Sampler(sampling, lm.device)
+    decoder = IncrementalDecoder(lm.tokenizer)
+    eos = set(_eos_ids(lm))
+    tokens = list(texts.many(input_ids[0].tolist()))
+    prompt_len = input_ids.shape[1]
+    ids = input_ids
+    cache = DynamicCache(config=model.config)
+    impl = "eager" if capture.attention else None
+    with torch.inference_mode(), attention_implementation(model, impl), \
+            CaptureHooks(parts, attention=capture.attention) as hooks:
+        hooks.full_pattern = capture.attention and capture.prompt_attention
+        start = time.perf_counter()
+        logits = model(input_ids=ids, past_key_values=cache, use_cache=True).logits[0, -1]
+        hooks.full_pattern = False
+        for step in range(max_new_tokens):
+            raw = logits.float()
+            _check_finite(raw, step)
+            token_id = sampler.choose(raw, ids)
+            decoder.push(token_id)
+            record = _build_record(lm, hooks, capture, raw, token_id, step, tokens, prompt_len, decoder.text,
+                                   not sampling.greedy)
+            finished = token_id in eos or step == max_new_tokens - 1
+            record.finished = finished
+            ids = torch.cat([ids, ids.new_tensor([[token_id]])], dim=1)
+            tokens.append(texts.get(token_id))
+            record.elapsed_ms = (time.perf_counter() - start) * 1000
+            yield record
+            if finished and (stop_at_eos or step == max_new_tokens - 1):
+                return
+            start = time.perf_counter()
+            logits = model(input_ids=ids[:, -1:], past_key_values=cache, use_cache=True).logits[0, -1]
+
+
+def _eos_ids(lm: LoadedModel) -> list[int]:
+    ids = []
+    for source in (getattr(lm.model, "generation_config", None), lm.model.config, lm.tokenizer):
+        value = getattr(source, "eos_token_id", None)
+        if value is None:
+            continue
+        ids.extend(value if isinstance(value, (list, tuple)) else [value])
+    return [int(i) for i in ids]
+
+
+def _build_record(lm, hooks: CaptureHooks, capture: CaptureConfig, raw: torch.Tensor, token_id: int,
+                  step: int, tokens, prompt_len: int, text: str, sampled: bool) -> StepRecord:
+    texts = token_texts(lm)
+    position = prompt_len + step - 1
+    seq = position + 1
+    probs = torch.softmax(raw, -1)
+    top = torch.topk(probs, min(capture.top_k, probs.shape[-1]))
+    resid = hooks.stacked("resid")[:, 0]  # [L, d]
+    attn_out = hooks.stacked("attn_out")[:, 0]
+    mlp_out = hooks.stacked("mlp_out")[:, 0]
+    record = StepRecord(
+        step=step, position=position, token=texts.get(token_id), chosen_prob=float(probs[token_id]),
+        context=tuple(tokens[:seq]), prompt_length=prompt_len, generated_text=text,
+        logits=_np(raw), top_ids=top.indices.cpu().numpy(), top_probs=_np(top.values),
+        top_logits=_np(raw[top.indices]), top_texts=tuple(texts.many(top.indices.tolist())),
+        attn_norms=_np(l2_norm(attn_out)), mlp_norms=_np(l2_norm(mlp_out)),
+        mlp_max_abs=_np(max_abs(mlp_out)), residual_norms=_np(l2_norm(resid)), sampled=sampled,
+    )
+    if capture.attention:
+        if step == 0 and capture.prompt_attention:
+            full = [p[0] for p in hooks.pattern]  # [H, P, P]: the prefill sees every prompt key
+            record.prompt_attention = _np(torch.stack(full))
+            rows = [f[:, -1] for f in full]
+        else:
+            rows = [p[0] for p in hooks.pattern]
+        att = align_rows(rows, seq)  # [L, H, S]
+        record.attention = _np(att)
+        record.attention_entropy = _np(entropy(att.float()))
+    if capture.logit_lens:
+        lens = torch.softmax(logit_lens(lm, resid).float(), -1)
+        top_lens = torch.topk(lens, capture.lens_top_k)
+        record.lens_ids = top_lens.indices.cpu().numpy()
+        record.lens_probs = _np(top_lens.values)
+        record.lens_tokens = tuple(tuple(texts.many(row)) for row in record.lens_ids)
+    return record
