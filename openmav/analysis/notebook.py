@@ -1,0 +1,39 @@
+"""Jupyter display: small self-contained HTML (no scripts, no network) for results."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+
+import numpy as np
+
+
+def table_html(header: list[str], rows: list[list], caption: str = "") -> str:
+    """A plain HTML table; cells are escaped, floats shown with 4 decimals."""
+    def cell(v) -> str:
+        text = f"{v:.4f}" if isinstance(v, (float, np.floating)) else str(v)
+        return f"<td>{html.escape(text)}</td>"
+
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(cell(v) for v in row) + "</tr>" for row in rows)
+    cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
+    return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def head_scores_html(scores, k: int = 5) -> str:
+    """The top ``k`` heads of each score, as one table."""
+    rows = []
+    for name in ("previous_token", "duplicate_token", "induction"):
+        for layer, head, value in scores.top(name, k):
+            rows.append([name, layer, head, float(value)])
+    return table_html(["score", "layer", "head", "value"], rows,
+                      f"head scores ({scores.n_layers} layers x {scores.n_heads} heads)")
+
+
+def figure_png_html(fig) -> str:
+    """A matplotlib figure as an inline base64 PNG ``<img>``."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    data = base64.b64encode(buf.getvalue()).decode("ascii")
+    return f'<img src="data:image/png;base64,{data}"/>'
