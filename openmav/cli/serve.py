@@ -1,0 +1,53 @@
+"""``mav serve``: the web explorer on a local port (127.0.0.1 unless asked otherwise)."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+
+from ..errors import InputError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Serve the web explorer: attention heads, head ablation, studies "
+                                            "and circuit discovery for one model, loaded once.")
+    p.add_argument("--model", default=None, help="bundled name (smollm2-135m, gemma3-270m), .gguf path, "
+                                                 "model directory or hub id (default: the bundled default)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8050, help="port (default 8050)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default auto)")
+    p.add_argument("--dtype", default="float32", help="float32, float16 or bfloat16 (default float32)")
+    p.add_argument("--max-prompt-tokens", type=int, default=128, help="longest prompt accepted (default 128)")
+    p.add_argument("--max-jobs", type=int, default=4, help="studies/circuits queued or running at once (default 4)")
+    return p
+
+
+def _check_port(host: str, port: int) -> None:
+    if not 1 <= port <= 65535:
+        raise InputError(f"port {port} is out of range: use 1-65535")
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise InputError(f"cannot listen on {host}:{port} ({exc.strerror}): pick another --port") from exc
+
+
+def run(args) -> int:
+    import uvicorn
+
+    from ..backends.loading import load_model
+    from ..web.app import create_app
+
+    if args.max_prompt_tokens < 1 or args.max_jobs < 1:
+        raise InputError("--max-prompt-tokens and --max-jobs must be >= 1")
+    _check_port(args.host, args.port)
+    lm = load_model(args.model, device=args.device, dtype=args.dtype,
+                    progress=lambda msg: print(msg, flush=True))
+    app = create_app(lm, max_prompt_tokens=args.max_prompt_tokens, max_jobs=args.max_jobs)
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"OpenMAV explorer for {lm.name}: http://{shown}:{args.port}/  (API docs at /docs; Ctrl+C stops)",
+          flush=True)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: listening on {args.host}: anyone who can reach this address can use the model", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0

@@ -1,0 +1,178 @@
+"""One model, one computation at a time: a FIFO gate for requests and a queue for long jobs.
+
+:class:`ModelGate` is a fair (first come, first served) lock: every computation
+on the model, a quick request or a whole study, holds it, so two forwards never
+run on the model at once and nobody waits forever behind later arrivals.
+
+:class:`JobQueue` runs long jobs (studies, circuit discovery) one after another
+on a single worker thread.  Each :class:`Job` keeps its progress events (for
+polling and Server-Sent Events), a cancel flag the job function checks, and its
+result or error.  The number of jobs queued or running is bounded.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..errors import OpenMavError
+
+
+class BusyError(OpenMavError):
+    """Too many jobs queued, or the model stayed busy longer than a request may wait."""
+
+
+class ModelGate:
+    """A FIFO lock: ``with gate:`` waits its turn by ticket, then holds the model."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._next = 0
+        self._serving = 0
+        self._skipped: set[int] = set()  # tickets whose holders gave up waiting
+        self.holder: str | None = None
+
+    def acquire(self, who: str = "request", timeout: float | None = None) -> None:
+        with self._cond:
+            ticket = self._next
+            self._next += 1
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while self._serving != ticket:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    # give the ticket up: mark it skipped so later tickets are not blocked
+                    self._skipped.add(ticket)
+                    raise BusyError(f"the model is busy ({self.holder}); try again when it is done")
+                self._cond.wait(left)
+            self.holder = who
+
+    def release(self) -> None:
+        with self._cond:
+            self.holder = None
+            self._serving += 1
+            while self._serving in self._skipped:
+                self._skipped.discard(self._serving)
+                self._serving += 1
+            self._cond.notify_all()
+
+    def hold(self, who: str = "request", timeout: float | None = None) -> "_Held":
+        return _Held(self, who, timeout)
+
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+class _Held:
+    def __init__(self, gate: ModelGate, who: str, timeout: float | None):
+        self.gate, self.who, self.timeout = gate, who, timeout
+
+    def __enter__(self):
+        self.gate.acquire(self.who, self.timeout)
+        return self.gate
+
+    def __exit__(self, *exc):
+        self.gate.release()
+
+
+@dataclass
+class Job:
+    """A long computation: its kind, parameters, progress events, and outcome."""
+
+    id: int
+    kind: str
+    params: dict
+    status: str = "queued"  # queued, running, done, cancelled, error
+    events: list = field(default_factory=list)
+    result: Any = None
+    error: str | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+    created: float = field(default_factory=time.time)
+    changed: threading.Condition = field(default_factory=threading.Condition)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("done", "cancelled", "error")
+
+    def progress(self, event: dict) -> None:
+        """Record one progress event (called by the job function, from the worker thread)."""
+        with self.changed:
+            self.events.append(dict(event))
+            self.changed.notify_all()
+
+    def _set(self, status: str, result: Any = None, error: str | None = None) -> None:
+        with self.changed:
+            self.status, self.result, self.error = status, result, error
+            self.changed.notify_all()
+
+    def wait_change(self, seen_events: int, seen_status: str, timeout: float) -> None:
+        """Block until there are more than ``seen_events`` events or the status changes."""
+        with self.changed:
+            self.changed.wait_for(lambda: len(self.events) > seen_events or self.status != seen_status, timeout)
+
+    def summary(self) -> dict:
+        return {"id": self.id, "kind": self.kind, "status": self.status, "params": self.params,
+                "n_events": len(self.events), "last_event": self.events[-1] if self.events else None,
+                "result": self.result, "error": self.error}
+
+
+class JobQueue:
+    """Runs jobs one at a time on a worker thread; each job holds the model gate while it runs."""
+
+    def __init__(self, gate: ModelGate, max_jobs: int = 4, keep_finished: int = 50):
+        self.gate = gate
+        self.max_jobs = max_jobs
+        self.keep_finished = keep_finished
+        self.jobs: dict[int, Job] = {}
+        self._ids = itertools.count(1)
+        self._queue: queue.Queue = queue.Queue()
+        self._lock = threading.Lock()
+        self._worker = threading.Thread(target=self._run, name="openmav-jobs", daemon=True)
+        self._worker.start()
+
+    def active(self) -> list[Job]:
+        return [j for j in self.jobs.values() if not j.finished]
+
+    def submit(self, kind: str, params: dict, fn: Callable[[Job], Any]) -> Job:
+        """Queue ``fn(job)``; refuses when ``max_jobs`` jobs are already queued or running."""
+        with self._lock:
+            if len(self.active()) >= self.max_jobs:
+                raise BusyError(f"at most {self.max_jobs} jobs may be queued or running at once; "
+                                "cancel one or wait for one to finish")
+            job = Job(id=next(self._ids), kind=kind, params=params)
+            self.jobs[job.id] = job
+            self._forget_old()
+        self._queue.put((job, fn))
+        return job
+
+    def _forget_old(self) -> None:
+        done = [j for j in self.jobs.values() if j.finished]
+        for job in sorted(done, key=lambda j: j.created)[:max(0, len(done) - self.keep_finished)]:
+            del self.jobs[job.id]
+
+    def cancel(self, job: Job) -> None:
+        job.cancel.set()
+        if job.status == "queued":
+            job._set("cancelled")
+
+    def _run(self) -> None:
+        while True:
+            job, fn = self._queue.get()
+            if job.finished:  # cancelled while queued
+                continue
+            try:
+                with self.gate.hold(f"{job.kind} job {job.id}"):
+                    job._set("running")
+                    result = fn(job)
+                job._set("cancelled" if job.cancel.is_set() else "done", result=result)
+            except OpenMavError as exc:
+                job._set("error", error=str(exc))
+            except Exception as exc:  # the worker must outlive any job
+                job._set("error", error=f"{type(exc).__name__}: {exc}")

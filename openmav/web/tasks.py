@@ -1,0 +1,86 @@
+"""Long jobs of the explorer: ablation studies and circuit discovery.
+
+Input is checked when the job is submitted (so a bad request answers 422 at once);
+the work itself runs later on the job queue's worker, holding the model gate, with
+the job's ``progress`` callback and ``cancel`` event passed to the library
+(:mod:`openmav.interventions.studies`, :mod:`openmav.interventions.circuit`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+from ..errors import InputError
+from . import schemas as S
+from .jobs import Job, JobQueue
+from .service import ExplorerService, _plain
+
+
+def features() -> dict[str, bool]:
+    """Which analyses this install has (the page hides what is missing)."""
+    def has(name: str) -> bool:
+        try:
+            return importlib.util.find_spec(name) is not None
+        except ImportError:
+            return False
+
+    return {"ablation": has("openmav.interventions.ablation"), "evaluate": has("openmav.interventions.evaluate"),
+            "studies": has("openmav.interventions.studies"), "circuit": has("openmav.interventions.circuit"),
+            "head_scores": has("openmav.analysis.head_scores")}
+
+
+def study_job(service: ExplorerService, jobs: JobQueue, req: S.StudyRequest) -> Job:
+    from ..interventions import studies
+
+    ids = service.encode(req.prompt)
+    if req.mode == "targeted":
+        if req.target_id is None:
+            raise InputError("a targeted study needs target_id: a token from the baseline's top-k")
+        service.check_token(req.target_id, "target_id")
+    params = req.model_dump()
+
+    def run(job: Job) -> dict:
+        common = dict(max_heads=req.max_heads, candidates=req.candidates, kind=req.kind,
+                      progress=job.progress, cancel=job.cancel)
+        if req.mode == "targeted":
+            result = studies.targeted_study(service.lm, ids, req.target_id, **common)
+        else:
+            result = studies.generic_study(service.lm, ids, **common)
+        out = _plain(result.to_dict())
+        out["tokens"] = service.tokens(ids)
+        return out
+
+    return jobs.submit("study", params, run)
+
+
+def circuit_job(service: ExplorerService, jobs: JobQueue, req: S.CircuitRequest) -> Job:
+    from ..interventions import circuit
+
+    clean = service.encode(req.prompt)
+    service.check_token(req.token_a, "token_a")
+    if req.metric == "logit_diff":
+        if req.token_b is None:
+            raise InputError("the logit_diff metric needs token_b (the alternative token)")
+        service.check_token(req.token_b, "token_b")
+        if req.token_b == req.token_a:
+            raise InputError("token_a and token_b are the same token: pick two different tokens")
+    corrupt_text = req.corrupt_prompt or circuit.swap_names(req.prompt)
+    corrupt = service.encode(corrupt_text)
+    if corrupt.shape[1] != clean.shape[1]:
+        raise InputError(f"the corrupted prompt is {corrupt.shape[1]} tokens but the prompt is {clean.shape[1]}: "
+                         "patching needs prompts of the same token length")
+    if bool((corrupt == clean).all()):
+        raise InputError("the corrupted prompt equals the prompt: change a name or give another corrupted prompt")
+    metric = (circuit.logit_diff(req.token_a, req.token_b) if req.metric == "logit_diff"
+              else circuit.token_prob(req.token_a))
+    params = dict(req.model_dump(), corrupt_prompt=corrupt_text)
+
+    def run(job: Job) -> dict:
+        found = circuit.discover_circuit(service.lm, clean, corrupt, metric, top_n=req.top_n,
+                                         progress=job.progress, cancel=job.cancel)
+        out = _plain(found.to_dict())
+        out["corrupt_prompt"] = corrupt_text
+        out["tokens"] = service.tokens(clean)
+        return out
+
+    return jobs.submit("circuit", params, run)
