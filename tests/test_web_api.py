@@ -1,0 +1,218 @@
+"""The explorer's JSON API on a tiny random model: numbers against independent recomputations,
+bad input answered 422 with the valid range, jobs bounded, progress streamed, a loopback load test."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from openmav.web.app import create_app
+from openmav.web.jobs import BusyError, JobQueue, ModelGate
+from openmav.web.server import running_server
+
+IOI = "When Mary and John went to the store, John gave a drink to"
+
+
+@pytest.fixture(scope="module")
+def lm():
+    from openmav.testing import tiny_model
+
+    return tiny_model("llama", n_layers=2, n_heads=4)
+
+
+@pytest.fixture(scope="module")
+def client(lm):
+    return TestClient(create_app(lm, max_prompt_tokens=64, max_jobs=2))
+
+
+def reference_attention(lm, prompt):
+    ids = lm.tokenizer(prompt, return_tensors="pt").input_ids
+    before = lm.model.config._attn_implementation
+    lm.model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            out = lm.model(input_ids=ids, output_attentions=True)
+    finally:
+        lm.model.set_attn_implementation(before)
+    return ids, [a[0].numpy() for a in out.attentions]
+
+
+def zeroed_logits(lm, ids, heads):
+    """Logits [P, V] with each (layer, head)'s slice of the o_proj input set to zero, by hand."""
+    hd, handles = lm.parts.head_dim, []
+    for layer, head in heads:
+        def pre(module, args, head=head):
+            x = args[0].clone()
+            x[..., head * hd:(head + 1) * hd] = 0
+            return (x,)
+        handles.append(lm.parts.o_proj[layer].register_forward_pre_hook(pre))
+    try:
+        with torch.no_grad():
+            return lm.model(input_ids=ids).logits[0].double()
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def test_model_info(client, lm):
+    info = client.get("/api/model").json()
+    assert (info["n_layers"], info["n_heads"]) == (2, 4)
+    assert info["presets"]["IOI"] == IOI
+    assert info["max_prompt_tokens"] == 64
+
+
+def test_attention_matches_output_attentions_and_labels_are_disambiguated(client, lm):
+    r = client.post("/api/attention", json={"prompt": IOI, "heads": [{"layer": 1, "head": 2}, {"layer": 0, "head": 3}]})
+    assert r.status_code == 200
+    data = r.json()
+    ids, ref = reference_attention(lm, IOI)
+    assert [t["id"] for t in data["tokens"]] == ids[0].tolist()
+    labels = [t["label"] for t in data["tokens"]]
+    assert "␣John" in labels and "␣John_2" in labels and labels.index("␣John") < labels.index("␣John_2")
+    for h in data["heads"]:
+        got = np.array(h["weights"])
+        assert got.shape == (ids.shape[1],) * 2
+        np.testing.assert_allclose(got, ref[h["layer"]][h["head"]], atol=2e-6)
+        np.testing.assert_allclose(got.sum(-1), 1.0, atol=1e-4)
+
+
+def test_predict_zero_ablation_matches_hand_recomputation(client, lm):
+    ids = lm.tokenizer(IOI, return_tensors="pt").input_ids
+    heads = [(0, 1), (1, 3)]
+    body = {"prompt": IOI, "ablations": [{"layer": l, "head": h, "kind": "zero"} for l, h in heads],
+            "position": 5, "token_id": 7, "top_k": 5}
+    p = client.post("/api/predict", json=body).json()
+    before = torch.softmax(zeroed_logits(lm, ids, [])[5], -1)
+    after = torch.softmax(zeroed_logits(lm, ids, heads)[5], -1)
+    assert [c["id"] for c in p["before"]] == torch.topk(before, 5).indices.tolist()
+    assert [c["id"] for c in p["after"]] == torch.topk(after, 5).indices.tolist()
+    np.testing.assert_allclose([c["prob"] for c in p["after"]], torch.topk(after, 5).values.numpy(), atol=1e-6)
+    kl = float((before * (before.log() - after.log())).sum())
+    assert p["kl"] == pytest.approx(kl, abs=1e-6) and p["kl"] > 0
+    ent = lambda q: float(-(q * q.log()).sum())  # noqa: E731
+    assert p["entropy_change"] == pytest.approx(ent(after) - ent(before), abs=1e-6)
+    assert p["rank"]["rank_before"] == int((before > before[7]).sum()) + 1
+    assert p["rank"]["rank_after"] == int((after > after[7]).sum()) + 1
+    assert p["token"]["id"] == ids[0, 5].item()
+
+
+def test_predict_without_ablation_has_zero_kl(client):
+    p = client.post("/api/predict", json={"prompt": IOI}).json()
+    assert p["kl"] == pytest.approx(0, abs=1e-12) and p["before"] == p["after"]
+
+
+@pytest.mark.parametrize("body, needle", [
+    ({"prompt": IOI, "heads": [{"layer": 2, "head": 0}]}, "layers 0-1"),
+    ({"prompt": IOI, "heads": [{"layer": 0, "head": 4}]}, "heads 0-3"),
+    ({"prompt": IOI, "heads": [{"layer": -1, "head": 0}]}, "valid layers are 0-1"),
+    ({"prompt": "", "heads": []}, "at most 64 tokens"),
+    ({"prompt": "hello world " * 60, "heads": []}, "at most 64 tokens"),
+])
+def test_attention_rejects_bad_input_naming_the_range(client, body, needle):
+    r = client.post("/api/attention", json=body)
+    assert r.status_code == 422 and needle in r.json()["detail"]
+
+
+@pytest.mark.parametrize("body, needle", [
+    ({"prompt": IOI, "token_id": 400}, "valid token ids are 0-399"),
+    ({"prompt": IOI, "position": 99}, "positions 0-"),
+    ({"prompt": IOI, "ablations": [{"layer": 0, "head": 9}]}, "heads 0-3"),
+    ({"prompt": IOI, "ablations": [{"layer": 0, "head": 0, "kind": "melt"}]}, "kind"),
+    ({"prompt": IOI, "ablations": [{"layer": 0, "head": 0, "positions": [500]}]}, "position 500"),
+])
+def test_predict_rejects_bad_input(client, body, needle):
+    r = client.post("/api/predict", json=body)
+    assert r.status_code == 422 and needle in r.json()["detail"]
+    assert client.get("/api/model").status_code == 200  # still serving
+
+
+def test_openapi_schema_lists_the_api(client):
+    paths = client.get("/openapi.json").json()["paths"]
+    for path in ("/api/model", "/api/attention", "/api/predict", "/api/head_scores", "/api/evaluate_heads",
+                 "/api/studies", "/api/circuit", "/api/jobs/{job_id}", "/api/jobs/{job_id}/cancel",
+                 "/api/jobs/{job_id}/events"):
+        assert path in paths
+
+
+def test_page_and_assets_are_local(client):
+    page = client.get("/").text
+    assert "http://" not in page and "https://" not in page  # no CDN
+    for asset in ("style.css", "heatmap.js", "app.js", "panels.js", "circuit.js"):
+        assert f"/static/{asset}" in page
+        r = client.get(f"/static/{asset}")
+        assert r.status_code == 200 and "cdn" not in r.text.lower()
+
+
+def test_gate_is_first_come_first_served():
+    gate, order = ModelGate(), []
+    gate.acquire("first")
+    threads = []
+    for i in range(5):
+        t = threading.Thread(target=lambda i=i: (gate.acquire(str(i)), order.append(i), gate.release()))
+        t.start()
+        threads.append(t)
+        time.sleep(0.05)  # tickets are taken in this order
+    gate.release()
+    for t in threads:
+        t.join(5)
+    assert order == [0, 1, 2, 3, 4]
+    with pytest.raises(BusyError):
+        gate.acquire("holder")
+        try:
+            gate.hold("late", timeout=0.05).__enter__()
+        finally:
+            gate.release()
+    with gate.hold("after a timeout", timeout=1):  # a skipped ticket blocks nobody
+        pass
+
+
+def test_jobs_bounded_streamed_and_cancellable(client):
+    jobs: JobQueue = client.app.state.jobs
+    release = threading.Event()
+
+    def slow(job):
+        for i in range(100):
+            job.progress({"done": i, "total": 100, "message": f"step {i}"})
+            if job.cancel.is_set() or release.wait(0.01) and i >= 3:
+                break
+        return {"steps": i + 1}
+
+    first = jobs.submit("test", {}, slow)
+    second = jobs.submit("test", {}, slow)
+    with pytest.raises(BusyError, match="at most 2 jobs"):
+        jobs.submit("test", {}, slow)
+    assert client.post("/api/jobs/999/cancel").status_code == 422
+    assert client.post(f"/api/jobs/{second.id}/cancel").json()["status"] == "cancelled"  # still queued
+    release.set()
+    with client.stream("GET", f"/api/jobs/{first.id}/events") as stream:
+        text = "".join(stream.iter_text())
+    assert text.count("event: progress") >= 4 and "event: end" in text
+    state = client.get(f"/api/jobs/{first.id}").json()
+    assert state["status"] == "done" and state["result"] == {"steps": state["n_events"]}
+    assert client.get(f"/api/jobs/{second.id}").json()["status"] == "cancelled"
+
+
+def test_load_on_loopback_answers_every_request(lm):
+    app = create_app(lm, max_prompt_tokens=64)
+    bodies = [("/api/attention", {"prompt": IOI, "heads": [{"layer": 1, "head": 2}]}),
+              ("/api/predict", {"prompt": IOI, "ablations": [{"layer": 1, "head": 1}]}),
+              ("/api/predict", {"prompt": IOI, "token_id": 10 ** 6}),  # bad: 422
+              ("/api/attention", {"prompt": "x", "heads": [{"layer": 9, "head": 0}]}),  # bad: 422
+              ("/api/model", None)]
+    with running_server(app) as url, httpx.Client(base_url=url, timeout=60) as http:
+        def call(i):
+            path, body = bodies[i % len(bodies)]
+            return (http.get(path) if body is None else http.post(path, json=body)).status_code
+
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            codes = list(pool.map(call, range(50)))
+        assert len(codes) == 50 and set(codes) <= {200, 422}
+        assert codes.count(422) == 20
+        assert http.get("/api/model").status_code == 200
