@@ -1,0 +1,57 @@
+"""``mav replay FILE``: show a trace saved with ``mav --record FILE`` again, without the model."""
+
+from __future__ import annotations
+
+import argparse
+
+from .live import OneLineParser, add_view_flags, non_negative_float
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="mav replay", description="Show a recorded run (mav --record FILE) "
+                                "in the live or interactive view, without loading the model.")
+    p.add_argument("file", help="a trace file written by mav --record")
+    p.add_argument("--delay", type=non_negative_float, default=None,
+                   help="seconds between tokens (default: as recorded)")
+    add_view_flags(p)
+    return p
+
+
+def replay_stream(records, processor, delay: float | None):
+    """Measurements of ``records``, paced by ``delay`` seconds or the recorded time per token."""
+    import time
+
+    for rec in records:
+        pause = rec.elapsed_ms / 1000 if delay is None else delay
+        if pause:
+            time.sleep(pause)
+        yield processor.process(rec)
+
+
+def run(args) -> int:
+    from ..capture.trace import load_trace
+    from ..mav import run_view
+    from ..processors.state_processor import StateProcessor
+    from ..view.options import ViewOptions
+    from ..view.panels.registry import make_panels
+
+    meta, records = load_trace(args.file)
+    options = ViewOptions(max_bar_length=args.max_bar_length, limit_chars=args.limit_chars, scale=args.scale,
+                          aggregation=args.aggregation, prompt=meta.get("prompt", ""))
+    selected = args.selected_panels or meta.get("selected_panels")
+    panels = make_panels(selected, None, None, options)
+    processor = StateProcessor(aggregation=args.aggregation, scale=args.scale)
+    mode = "interactive" if args.interactive else args.format
+    if mode == "interactive":
+        import sys
+
+        from ..errors import InputError
+
+        if not sys.stdin.isatty():
+            raise InputError("--interactive needs a terminal (stdin is not one)")
+    delay = 0.0 if mode in ("interactive", "text", "jsonl") and args.delay is None else args.delay
+    stream = replay_stream(records, processor, delay)
+    title = f"mav replay · {meta.get('model', '?')}"
+    result = run_view(stream, panels, mode=mode, refresh_rate=args.refresh_rate, num_grid_rows=args.num_grid_rows,
+                      options=options, title=title)
+    return 130 if result.interrupted else 0

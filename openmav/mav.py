@@ -1,0 +1,174 @@
+"""``MAV``: the Python entry point of the live view (what ``mav`` runs).
+
+>>> MAV("smollm2-135m", "hello world", selected_panels=["generated_text", "top_predictions"])  # doctest: +SKIP
+
+It loads the model (or wraps ``model_obj``/``tokenizer_obj``), generates with one
+KV-cached forward per token, and shows the panels: live in a terminal, one plain
+line (or JSON line) per token otherwise.  Only the captures the chosen panels
+read are switched on: attention for the attention panels, the logit lens (one
+unembedding per layer and token, the costliest capture) only for ``logit_lens``.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from .errors import InputError
+from .view.options import ViewOptions
+from .view.panels.registry import make_panels, needed_captures
+
+DEFAULT_PROMPT = "Once upon a time, in a small village by the sea,"
+FORMATS = ("auto", "live", "text", "jsonl")
+
+
+@dataclass
+class MAVResult:
+    """What a run produced: the text, each token's measurements, whether Ctrl-C ended it."""
+
+    text: str = ""
+    measurements: list = field(default_factory=list)
+    interrupted: bool = False
+
+    @property
+    def records(self):
+        return [m.record for m in self.measurements]
+
+
+def capture_config(panels, record_everything: bool = False):
+    """The :class:`CaptureConfig` that ``panels`` need (all captures if ``record_everything``)."""
+    from .capture.step_loop import CaptureConfig
+
+    needs = needed_captures(panels)
+    return CaptureConfig(attention=record_everything or "attention" in needs, prompt_attention=False,
+                         logit_lens=record_everything or "logit_lens" in needs)
+
+
+def check_record_path(record) -> None:
+    """Fail before any work when the trace file could not be written."""
+    if record:
+        from pathlib import Path
+
+        parent = Path(record).expanduser().resolve().parent
+        if not parent.is_dir():
+            raise InputError(f"cannot record to {record}: the folder {parent} does not exist")
+
+
+def _load_backend(model, device, seed, model_obj, tokenizer_obj, dtype, backend):
+    from .backends.model_backend_transformers import TransformersBackend
+    from .backends.sources import default_model_name
+
+    if backend != "transformers":
+        raise InputError(f"unknown backend {backend!r}: the only backend is transformers")
+    name = model if model_obj is not None else (model or default_model_name())
+    err = _console(stderr=True)
+    be = TransformersBackend(name, device=device, seed=seed, model_obj=model_obj, tokenizer_obj=tokenizer_obj,
+                             dtype=dtype)
+    if err.is_terminal:
+        with err.status(f"loading {name}…", spinner="dots") as status:
+            be.progress = lambda msg: status.update(msg + "…")
+            be.initialize()
+    else:
+        be.initialize()
+    return be
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr)
+
+
+def run_view(stream: Iterable, panels, *, mode: str = "auto", console=None, refresh_rate: float = 10.0,
+             num_grid_rows: int | None = None, options: ViewOptions | None = None, title: str = "mav",
+             keys=None) -> MAVResult:
+    """Show a stream of :class:`ModelMeasurements` in ``mode`` (live, interactive, text, jsonl)."""
+    from .view.main_loop_manager import MainLoopManager
+    from .view.plain import jsonl_line, text_line
+
+    console = console or _console()
+    if mode == "auto":
+        mode = "live" if console.is_terminal else "text"
+    result = MAVResult()
+    if mode in ("text", "jsonl"):
+        line = jsonl_line if mode == "jsonl" else text_line
+        out = console.file
+        try:
+            for m in stream:
+                result.measurements.append(m)
+                out.write(line(m.record) + "\n")
+                out.flush()
+        except KeyboardInterrupt:
+            result.interrupted = True
+        if mode == "text" and result.measurements:
+            out.write(result.measurements[-1].generated_text + "\n")
+    else:
+        manager = MainLoopManager(panels, console, refresh_rate, num_grid_rows, options, title)
+        if mode == "interactive":
+            from .view.keys import KeyReader
+
+            with (keys or KeyReader()) as reader:
+                result.measurements = manager.run_interactive(stream, reader)
+        else:
+            result.measurements = manager.run(stream)
+        result.interrupted = manager.interrupted
+        if result.measurements:
+            console.print(manager.dashboard, height=max(8, console.height - 3))
+            console.print(("[bold red]interrupted[/] · " if result.interrupted else "") + "[bold]generated text:[/]")
+            console.print(result.measurements[-1].generated_text, markup=False, highlight=False)
+    if result.measurements:
+        result.text = result.measurements[-1].generated_text
+    return result
+
+
+def MAV(model: str | None = None, prompt: str | None = None, max_new_tokens: int = 200, refresh_rate: float = 10.0,
+        interactive: bool = False, limit_chars: int = 400, temp: float = 0.0, top_k: int = 50, top_p: float = 1.0,
+        min_p: float = 0.0, repetition_penalty: float = 1.0, max_bar_length: int = 35, device: str = "auto",
+        scale: str = "linear", backend: str = "transformers", seed: int | None = 42, model_obj=None,
+        tokenizer_obj=None, selected_panels=None, num_grid_rows: int | None = None, external_panels=None,
+        aggregation: str = "l2", format: str = "auto", record: str | None = None, dtype: str = "float32",
+        console=None, keys=None) -> MAVResult:
+    """Run the live view on ``model`` (default: the bundled SmolLM2-135M) continuing ``prompt``.
+
+    ``temp`` 0 is greedy; ``top_k``/``top_p``/``min_p``/``repetition_penalty`` act as in
+    transformers.  ``selected_panels`` names panels (built-in names or the class names
+    of ``external_panels``, which may be ``PanelBase`` classes or instances).
+    ``format``: ``auto`` (live in a terminal, else text), ``live``, ``text``, ``jsonl``.
+    ``record``: also save every step's record to this trace file (see
+    :mod:`openmav.capture.trace`).  Returns a :class:`MAVResult`.
+    """
+    from .processors.state_fetcher import StateFetcher
+    from .processors.state_processor import AGGREGATIONS, SCALES
+
+    if format not in FORMATS:
+        raise InputError(f"unknown format {format!r}: use one of {', '.join(FORMATS)}")
+    if aggregation not in AGGREGATIONS or scale not in SCALES:
+        raise InputError(f"aggregation must be one of {', '.join(AGGREGATIONS)} and scale one of {', '.join(SCALES)}")
+    prompt = DEFAULT_PROMPT if prompt is None else prompt
+    if not str(prompt).strip():
+        raise InputError("the prompt is empty: give some text to continue")
+    options = ViewOptions(max_bar_length=max_bar_length, limit_chars=limit_chars, scale=scale,
+                          aggregation=aggregation, prompt=prompt)
+    panels = make_panels(selected_panels, external_panels, None, options)
+    check_record_path(record)
+    console = console or _console()
+    mode = "interactive" if interactive else format
+    if mode == "interactive" and keys is None and not sys.stdin.isatty():
+        raise InputError("--interactive needs a terminal (stdin is not one)")
+    be = _load_backend(model, device, seed, model_obj, tokenizer_obj, dtype, backend)
+    fetcher = StateFetcher(be, max_new_tokens, aggregation, scale, capture_config(panels, record_everything=False))
+    stream = fetcher.fetch_next(prompt, temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p,
+                                repetition_penalty=repetition_penalty)
+    title = f"mav · {be.loaded.name}"
+    result = run_view(stream, panels, mode=mode, console=console, refresh_rate=refresh_rate,
+                      num_grid_rows=num_grid_rows, options=options, title=title, keys=keys)
+    if record:
+        from .capture.trace import save_trace
+
+        meta = {"model": be.loaded.name, "prompt": prompt, "max_new_tokens": max_new_tokens, "temp": temp,
+                "top_k": top_k, "top_p": top_p, "min_p": min_p, "repetition_penalty": repetition_penalty,
+                "seed": seed, "aggregation": aggregation, "scale": scale,
+                "selected_panels": [p.panel_name() for p in panels]}
+        save_trace(record, result.records, meta)
+    return result
