@@ -90,6 +90,13 @@ def wrap_model(model, tokenizer, name: str = "model", device: str | torch.device
     return LoadedModel(model=model, tokenizer=tokenizer, parts=parts, name=name, device=dev, source=source)
 
 
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def _from_pretrained(location: str, dtype: torch.dtype, **kwargs):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -103,11 +110,15 @@ def load_model(name: str | None = None, device: str | None = "auto", dtype: str 
     """Load ``name`` (bundled name, ``.gguf`` path, model directory or hub id).
 
     ``None`` loads the default model (see :func:`openmav.backends.sources.default_model_name`).
+    With a ``progress`` callback (which receives short status lines), transformers'
+    own progress bars and warnings are turned off.
     Extra keyword arguments go to ``from_pretrained`` (e.g. ``revision``,
     ``quantization_config``).
     """
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype)
+    if progress is not None:
+        _quiet_transformers()  # the caller shows its own progress; no tqdm bars under it
     src: ResolvedSource = resolve_source(name)
     start = time.perf_counter()
     location = src.location
