@@ -20,7 +20,7 @@ from .view.options import ViewOptions
 from .view.panels.registry import make_panels, needed_captures
 
 DEFAULT_PROMPT = "Once upon a time, in a small village by the sea,"
-FORMATS = ("auto", "live", "text", "jsonl")
+FORMATS = ("auto", "live", "text", "jsonl", "snapshot")
 
 
 @dataclass
@@ -82,8 +82,13 @@ def _console(stderr: bool = False):
 
 def run_view(stream: Iterable, panels, *, mode: str = "auto", console=None, refresh_rate: float = 10.0,
              num_grid_rows: int | None = None, options: ViewOptions | None = None, title: str = "mav",
-             keys=None) -> MAVResult:
-    """Show a stream of :class:`ModelMeasurements` in ``mode`` (live, interactive, text, jsonl)."""
+             keys=None, snapshot_height: int = 24) -> MAVResult:
+    """Show a stream of :class:`ModelMeasurements` in ``mode``.
+
+    ``live``: the live view; ``interactive``: one token per key; ``text``/``jsonl``:
+    one line per token; ``snapshot``: generate everything, then print the panels of
+    the last token once (for logs, e.g. training loops).
+    """
     from .view.main_loop_manager import MainLoopManager
     from .view.plain import jsonl_line, text_line
 
@@ -91,7 +96,13 @@ def run_view(stream: Iterable, panels, *, mode: str = "auto", console=None, refr
     if mode == "auto":
         mode = "live" if console.is_terminal else "text"
     result = MAVResult()
-    if mode in ("text", "jsonl"):
+    if mode == "snapshot":
+        manager = MainLoopManager(panels, console, refresh_rate, num_grid_rows, options, title)
+        result.measurements = list(stream)
+        if result.measurements:
+            manager.show(result.measurements[-1])
+            console.print(manager.dashboard, height=snapshot_height)
+    elif mode in ("text", "jsonl"):
         line = jsonl_line if mode == "jsonl" else text_line
         out = console.file
         try:

@@ -44,9 +44,8 @@ class StatusLine:
         self.text = text
 
     def render(self, note: str = "") -> Text:
-        out = Text(self.text, style="dim")
-        if note:
-            out.append("  " + note, style="bold red")
+        out = Text(note + "  " if note else "", style="bold red")
+        out.append(self.text, style="dim")
         return out
 
 
@@ -100,6 +99,6 @@ class Dashboard:
         layout = self._layout(rows, cols, shown)
         note = ""
         if shown < len(self.panels):
-            note = f"terminal {width}x{height} is too small: showing {shown} of {len(self.panels)} panels"
+            note = f"{width}x{height} too small: {shown} of {len(self.panels)} panels shown"
         layout["status"].update(self.status.render(note))
         yield from layout.__rich_console__(console, options.update(height=height))

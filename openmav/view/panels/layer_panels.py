@@ -34,7 +34,7 @@ class AttentionEntropyPanel(BuiltinPanel):
     """Per layer, the mean over heads of the entropy (nats) of the new token's attention."""
 
     name = "attention_entropy"
-    title_text = "Attention entropy (nats, mean of heads)"
+    title_text = "Attention entropy (nats)"
     style = "yellow"
     needs = frozenset({"attention"})
 

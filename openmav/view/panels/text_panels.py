@@ -75,7 +75,7 @@ class TopPredictionsPanel(BuiltinPanel):
         n = max(1, min(n, self.options.top_rows if not self.height else n))
         logits = np.asarray(m.logits)
         tok_w = max(6, min(16, self.width - 24))
-        barlen = max(1, min(self.options.max_bar_length, self.width - tok_w - 22))
+        barlen = max(1, min(self.options.max_bar_length, self.width - tok_w - 18))
         out = Text(f"  {'token'.ljust(tok_w)}   prob   logit\n", style="bold")
         for i in range(n):
             tid, p = int(m.top_ids[i]), float(m.top_probs[i])
