@@ -91,7 +91,7 @@ def train_plain_loop(steps: int, every: int, console=None):
             opt.step()
             opt.zero_grad()
             step += 1
-            losses.append(float(loss))
+            losses.append(loss.item())
             view = visualize_every(model, tokenizer, step, every=every, prompt="The cat", max_new_tokens=6,
                                    console=console)
             if view is not None:
