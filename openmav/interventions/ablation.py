@@ -234,5 +234,5 @@ def ablated_logits(lm, input_ids, ablations: Iterable[HeadAblation], reference_i
     if reference_ids is None and any(a.kind == "mean" for a in ablations):
         reference_ids = ids
     with ablate_heads(lm, ablations, reference_ids=reference_ids):
-        logits = lm.model(input_ids=ids, use_cache=False).logits
+        logits = lm.model(input_ids=ids, use_cache=False, logits_to_keep=1).logits
     return logits[0, -1].float().cpu()

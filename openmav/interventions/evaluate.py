@@ -1,0 +1,177 @@
+"""The effect of ablating each head, many heads per forward.
+
+:func:`run_head_sets` is the batched engine: the prompt is repeated along the batch
+dimension and row ``r`` runs with its own set of heads ablated (pre-hooks on each
+``o_proj`` edit a different head in each row).  Rows agree with the clean run up to
+the first layer any of them ablates, so by default that prefix is computed once at
+batch size 1 and the hidden state is expanded to the batch at that block
+(``share_prefix``; the results are the same, checked in the tests).
+
+:func:`evaluate_all_heads` ablates every single head this way and reports, per head,
+``KL(baseline || ablated)`` of the next-token distribution (nats) and the change of
+the baseline top token's probability.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import InputError, OpenMavError
+from ..metrics import kl_divergence
+from .ablation import HeadAblation, as_ids, edit_heads, head_means, make_edit, validate_ablations
+
+Head = tuple[int, int]
+
+
+class Cancelled(OpenMavError):
+    """A batched run was cancelled (its ``threading.Event`` was set) before it finished."""
+
+
+@dataclass(frozen=True)
+class AblationSpec:
+    """How each head of a set is ablated (the fields of :class:`HeadAblation` except where)."""
+
+    kind: str = "zero"
+    factor: float = 0.0
+    threshold: float = 0.0
+    positions: tuple[int, ...] | None = None
+    seed: int = 0
+
+    def at(self, layer: int, head: int) -> HeadAblation:
+        return HeadAblation(layer, head, self.kind, self.factor, self.threshold, self.positions, self.seed)
+
+
+@contextmanager
+def _expand_at(block: torch.nn.Module, batch: int):
+    """Pre-hook on ``block`` that repeats its hidden-state input ``[1, P, d]`` to ``[batch, P, d]``."""
+
+    def pre_hook(module, args, kwargs):
+        if args:
+            return (args[0].expand(batch, *args[0].shape[1:]).contiguous(),) + tuple(args[1:]), kwargs
+        hs = kwargs["hidden_states"]
+        return args, {**kwargs, "hidden_states": hs.expand(batch, *hs.shape[1:]).contiguous()}
+
+    handle = block.register_forward_pre_hook(pre_hook, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@torch.no_grad()
+def run_head_sets(lm, input_ids, head_sets: Sequence[Sequence[Head]], spec: AblationSpec = AblationSpec(),
+                  batch_size: int = 32, means: torch.Tensor | None = None, share_prefix: bool = True,
+                  cancel=None, on_batch: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """Last-position logits ``[len(head_sets), V]`` (float32, CPU), one row per set of heads ablated.
+
+    ``means`` (``[L, H, head_dim]``) is the mean-ablation reference; by default the
+    clean means over the prompt's own positions.  ``cancel`` (a ``threading.Event``)
+    is checked between forwards: when set, only the rows done so far are returned.
+    ``on_batch(done, total)`` is called after each forward.
+    """
+    ids = as_ids(lm, input_ids)
+    if batch_size < 1:
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    for heads in head_sets:
+        validate_ablations(lm, [spec.at(layer, head) for layer, head in heads])
+    if spec.kind == "mean" and means is None:
+        means = head_means(lm, ids)
+    blocks = lm.parts.blocks
+    out = []
+    for start in range(0, len(head_sets), batch_size):
+        if cancel is not None and cancel.is_set():
+            break
+        chunk = [list(s) for s in head_sets[start:start + batch_size]]
+        plan: dict[int, list] = {}
+        for layer, head in sorted({h for s in chunk for h in s}):
+            rows = torch.tensor([r for r, s in enumerate(chunk) if (layer, head) in s], device=ids.device)
+            mean = means[layer, head] if (means is not None and spec.kind == "mean") else None
+            plan.setdefault(layer, []).append((head, rows, make_edit(spec.at(layer, head), mean)))
+        first = min(plan) if plan else len(blocks) - 1
+        batch = len(chunk)
+        with edit_heads(lm, plan):
+            if share_prefix:
+                with _expand_at(blocks[first], batch):
+                    logits = lm.model(input_ids=ids, use_cache=False, logits_to_keep=1).logits
+            else:
+                logits = lm.model(input_ids=ids.expand(batch, -1), use_cache=False, logits_to_keep=1).logits
+        if logits.shape[0] != batch:
+            raise RuntimeError(f"expected {batch} rows from the batched forward, got {logits.shape[0]}")
+        out.append(logits[:, -1].float().cpu())
+        if on_batch is not None:
+            on_batch(start + batch, len(head_sets))
+    if not out:
+        return torch.empty(0, lm.model.get_output_embeddings().out_features)
+    return torch.cat(out)
+
+
+@dataclass
+class HeadEffects:
+    """Per-head effects of single-head ablations (``[L, H]`` arrays)."""
+
+    kl: np.ndarray  # KL(baseline || ablated) in nats
+    delta_top_prob: np.ndarray  # p_ablated(top) - p_baseline(top), top = the baseline's top token
+    baseline_logits: torch.Tensor  # [V]
+    kind: str = "zero"
+    top_id: int = field(default=-1)
+    ablated_top_ids: np.ndarray | None = None  # [L, H] the top token after each ablation
+
+    def ranked(self, by: str = "kl") -> list[tuple[int, int, float]]:
+        """``(layer, head, value)`` sorted by ``by`` (``kl`` or ``delta_top_prob``, by size), largest first."""
+        values = getattr(self, by)
+        order = np.argsort(-np.abs(values), axis=None, kind="stable")
+        n_heads = values.shape[1]
+        return [(int(i // n_heads), int(i % n_heads), float(values.flat[i])) for i in order]
+
+    def to_dict(self) -> dict:
+        probs = torch.softmax(self.baseline_logits.double(), -1)
+        return {
+            "kind": self.kind,
+            "n_layers": int(self.kl.shape[0]),
+            "n_heads": int(self.kl.shape[1]),
+            "kl": self.kl.tolist(),
+            "delta_top_prob": self.delta_top_prob.tolist(),
+            "top_id": self.top_id,
+            "baseline_top_prob": float(probs[self.top_id]),
+            "ablated_top_ids": None if self.ablated_top_ids is None else self.ablated_top_ids.tolist(),
+        }
+
+
+def effects_from_logits(baseline: torch.Tensor, ablated: torch.Tensor) -> tuple[np.ndarray, np.ndarray, int]:
+    """KL(baseline || each row) and the change of the baseline top token's probability, per row."""
+    top = int(baseline.argmax())
+    kl = kl_divergence(baseline.unsqueeze(0), ablated).numpy()
+    p0 = torch.softmax(baseline.double(), -1)[top]
+    p1 = torch.softmax(ablated.double(), -1)[:, top]
+    return kl, (p1 - p0).numpy(), top
+
+
+def evaluate_all_heads(lm, input_ids, kind: str = "zero", batch_size: int = 32, factor: float = 0.0,
+                       threshold: float = 0.0, positions: tuple[int, ...] | None = None, seed: int = 0,
+                       reference_ids=None, share_prefix: bool = True, cancel=None,
+                       on_batch: Callable[[int, int], None] | None = None) -> HeadEffects:
+    """Ablate every head alone (batched, ``batch_size`` heads per forward) and measure its effect.
+
+    Row ``r`` of a forward ablates one ``(layer, head)``; the rows cover all
+    ``L * H`` heads in ``ceil(L * H / batch_size)`` forwards plus one clean forward.
+    """
+    from .ablation import ablated_logits
+
+    parts = lm.parts
+    ids = as_ids(lm, input_ids)
+    spec = AblationSpec(kind, factor, threshold, positions, seed)
+    means = head_means(lm, reference_ids if reference_ids is not None else ids) if kind == "mean" else None
+    baseline = ablated_logits(lm, ids, [])
+    heads = [(layer, head) for layer in range(parts.n_layers) for head in range(parts.n_heads)]
+    logits = run_head_sets(lm, ids, [[h] for h in heads], spec, batch_size, means, share_prefix, cancel, on_batch)
+    if logits.shape[0] < len(heads):
+        raise Cancelled("the evaluation of all heads was cancelled")
+    kl, dtop, top = effects_from_logits(baseline, logits)
+    shape = (parts.n_layers, parts.n_heads)
+    return HeadEffects(kl=kl.reshape(shape), delta_top_prob=dtop.reshape(shape), baseline_logits=baseline,
+                       kind=kind, top_id=top, ablated_top_ids=logits.argmax(-1).numpy().reshape(shape))
