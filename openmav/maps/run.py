@@ -1,0 +1,220 @@
+"""``mav maps`` from options to files: check, load, generate, write sidecar, page and images.
+
+Everything a user can get wrong is checked before the first file is written: the
+output directory (writable, not holding an earlier run's maps unless ``overwrite``),
+window and stride, the head index, the prompt's length against the context, and
+whether 8-bit loading is possible here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+
+from ..capture import SamplingConfig
+from ..errors import DeviceError, InputError
+from .windows import check_window
+
+SIDECAR, PAGE = "maps.json", "maps.html"
+REDUCTIONS = ("max", "mean", "head")
+
+
+@dataclass
+class MapsOptions:
+    model: str | None
+    prompt: str
+    output_dir: str
+    max_new_tokens: int = 20
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    device: str = "auto"
+    dtype: str = "float32"
+    chat: bool = False
+    window: int = 32
+    stride: int = 5
+    reduce: str = "max"
+    head: int | None = None
+    load_in_8bit: bool = False
+    workers: int = 0
+    overwrite: bool = False
+
+
+@dataclass
+class MapsResult:
+    output_dir: str
+    images: list[str]
+    sidecar: str
+    page: str
+    n_generated: int
+    generation_seconds: float
+    writing_seconds: float
+
+
+def check_options(o: MapsOptions) -> None:
+    """The checks that need no model."""
+    check_window(o.window, o.stride)
+    if o.max_new_tokens < 1:
+        raise InputError(f"--max-new-tokens must be at least 1, got {o.max_new_tokens}")
+    if o.reduce not in REDUCTIONS:
+        raise InputError(f"--reduce must be one of {', '.join(REDUCTIONS)}, got {o.reduce!r}")
+    if o.reduce == "head" and o.head is None:
+        raise InputError("--reduce head needs --head N (the query head to show)")
+    if o.head is not None and o.reduce != "head":
+        raise InputError(f"--head {o.head} goes with --reduce head, not --reduce {o.reduce}")
+    if o.workers < 0:
+        raise InputError(f"--workers must be 0 (no pool) or more, got {o.workers}")
+    o.sampling.validate()
+    check_output_dir(o.output_dir, o.overwrite)
+    if o.load_in_8bit:
+        check_8bit(o.device)
+
+
+def check_output_dir(path: str, overwrite: bool) -> None:
+    """The directory must be creatable and writable (probed, then left as found); earlier maps are kept."""
+    if not path:
+        raise InputError("--output-dir is empty")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise InputError(f"--output-dir {path} exists and is not a directory")
+    if os.path.isdir(path) and not overwrite:
+        old = [n for n in os.listdir(path) if n in (SIDECAR, PAGE) or (n.startswith("attn_") and n.endswith(".png"))]
+        if old:
+            raise InputError(f"{path} already holds maps ({len(old)} files, e.g. {sorted(old)[0]}): "
+                             "pass --overwrite or choose another --output-dir")
+    created = []
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):
+        created.append(probe)
+        probe = os.path.dirname(probe)
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=".mav-probe-", dir=path)
+        os.close(fd)
+        os.remove(name)
+    except OSError as exc:
+        raise InputError(f"cannot write to --output-dir {path}: {exc.strerror or exc}") from None
+    finally:
+        for d in created:  # leave no empty directories behind: they are made again when writing
+            try:
+                os.rmdir(d)
+            except OSError:
+                pass
+
+
+def check_8bit(device: str) -> None:
+    import torch
+
+    missing = []
+    if device not in ("auto", "cuda") and not device.startswith("cuda:"):
+        missing.append(f"--device {device} is not a CUDA device")
+    elif not torch.cuda.is_available():
+        missing.append("no CUDA device is available")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        missing.append("bitsandbytes is not installed")
+    if missing:
+        raise DeviceError("--load-in-8bit needs a CUDA device and bitsandbytes (" + "; ".join(missing) +
+                          "): drop --load-in-8bit")
+
+
+def load(o: MapsOptions):
+    """Load the model; 8-bit through bitsandbytes on CUDA when asked for."""
+    from ..backends.loading import load_model, wrap_model
+
+    if not o.load_in_8bit:
+        return load_model(o.model, device=o.device, dtype=o.dtype)
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    from ..backends.sources import convert_gguf, resolve_source
+
+    src = resolve_source(o.model)
+    location = str(convert_gguf(src.gguf)) if src.gguf is not None else src.location
+    model = AutoModelForCausalLM.from_pretrained(
+        location, quantization_config=BitsAndBytesConfig(load_in_8bit=True), device_map={"": 0})
+    model.eval()
+    return wrap_model(model, AutoTokenizer.from_pretrained(location), name=src.name, source=src.kind)
+
+
+def check_model(o: MapsOptions, lm) -> None:
+    """The checks that need the model: window against the context, head index."""
+    check_window(o.window, o.stride, lm.context_length)
+    n = lm.parts.n_heads
+    if o.head is not None and not 0 <= o.head < n:
+        raise InputError(f"--head {o.head} is out of range: {lm.name} has {n} query heads (0..{n - 1})")
+
+
+def encode(o: MapsOptions, lm):
+    """Prompt ids ``[1, P]``, wrapped in the chat template with ``chat``; checked against the context."""
+    from ..capture.step_loop import encode_prompt
+
+    if not o.chat:
+        return encode_prompt(lm, o.prompt, o.max_new_tokens)
+    if not o.prompt or not o.prompt.strip():
+        raise InputError("the prompt is empty: give some text to continue")
+    if not getattr(lm.tokenizer, "chat_template", None):
+        raise InputError(f"--chat: {lm.name}'s tokenizer has no chat template; drop --chat")
+    text = lm.tokenizer.apply_chat_template([{"role": "user", "content": o.prompt}], tokenize=False,
+                                            add_generation_prompt=True)
+    ids = lm.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+    ctx = lm.context_length
+    if ctx and ids.shape[1] + o.max_new_tokens > ctx:
+        raise InputError(f"the chat prompt is {ids.shape[1]} tokens and {o.max_new_tokens} new tokens were "
+                         f"asked for, but {lm.name} has a context of {ctx} tokens")
+    return ids.to(lm.device)
+
+
+def settings(o: MapsOptions) -> dict:
+    return {"chat": o.chat, "sampling": asdict(o.sampling), "reduce": o.reduce, "head": o.head,
+            "window": o.window, "stride": o.stride}
+
+
+def run_maps(o: MapsOptions, lm=None, console=None) -> MapsResult:
+    """Do it all; ``lm`` may be given already loaded.  Progress goes to a rich ``console``."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .collect import collect
+    from .html import write_html
+    from .sidecar import sidecar_dict, write_sidecar
+    from .write import ImagesInterrupted, plan_images, write_images
+
+    console = console or Console(stderr=True)
+    check_options(o)
+    lm = lm or load(o)
+    check_model(o, lm)
+    ids = encode(o, lm)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    try:
+        with Progress(*columns, console=console, transient=True) as bar:
+            task = bar.add_task("generating", total=o.max_new_tokens)
+            data = collect(lm, ids, o.prompt, o.max_new_tokens, o.sampling,
+                           on_step=lambda s: bar.update(task, completed=s + 1))
+    except KeyboardInterrupt:
+        console.print("interrupted while generating: nothing was written")
+        raise
+    plans = plan_images(data, o.reduce, o.head, o.window, o.stride)
+    try:
+        os.makedirs(o.output_dir, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create --output-dir {o.output_dir}: {exc.strerror or exc}") from None
+    start = time.perf_counter()
+    sidecar = sidecar_dict(data, plans, settings(o))
+    side_path, page_path = os.path.join(o.output_dir, SIDECAR), os.path.join(o.output_dir, PAGE)
+    total = sum(len(p.windows) for p in plans)
+    try:
+        write_sidecar(side_path, sidecar)
+        write_html(page_path, sidecar)
+        with Progress(*columns, console=console, transient=True) as bar:
+            task = bar.add_task("writing images", total=total)
+            images = write_images(data, plans, o.output_dir, o.workers, advance=lambda n: bar.advance(task, n))
+    except ImagesInterrupted as stop:
+        console.print(f"interrupted: wrote {SIDECAR}, {PAGE} and {len(stop.written)} of {total} images "
+                      f"to {o.output_dir}")
+        raise
+    except KeyboardInterrupt:
+        done = [p for p in (side_path, page_path) if os.path.exists(p)]
+        console.print(f"interrupted: wrote {', '.join(map(os.path.basename, done)) or 'nothing'} "
+                      f"and no images to {o.output_dir}")
+        raise
+    return MapsResult(o.output_dir, images, side_path, page_path, data.n_generated, data.generation_seconds,
+                      time.perf_counter() - start)
