@@ -96,8 +96,12 @@ def run(args) -> int:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     console = Console()
     plan = _plan(args)
+    from transformers.utils import logging as hf_logging
+
     from ..analysis.extractor import AttentionExtractor
     from ..analysis.visualizer import AttentionVisualizer
+
+    hf_logging.disable_progress_bar()  # stderr keeps only what the user must read
 
     extractor = AttentionExtractor(args.model, device=args.device)  # loaded once for every mode
     extractor.layer_index(args.layer)
