@@ -1,0 +1,231 @@
+"""Ablation studies: search for a small set of heads that matters.
+
+The search, for both studies:
+
+1. **Rank single heads.**  Every head is ablated alone (batched, see
+   :func:`~openmav.interventions.evaluate.run_head_sets`) and scored.
+2. **Keep the best** ``candidates`` heads by that score.
+3. **Greedy forward selection.**  Starting from the empty set, each step ablates
+   the current set plus one more candidate, for every remaining candidate (one
+   batched run per step), and keeps the candidate with the best score; at most
+   ``max_heads`` steps.  Step 1 is the ranking itself (the same single-head runs).
+
+Scores:
+
+- generic: ``KL(baseline || ablated)`` of the next-token distribution (nats); the
+  search stops early when no candidate raises it.
+- targeted: the target's logit margin, ``logit[target] - max_{v != target} logit[v]``
+  (positive exactly when the target is the most likely token); single heads are
+  ranked by how much they raise it.  The search stops as soon as the margin is
+  positive (success), or after ``max_heads`` heads (failure).
+
+``progress(event)`` receives dicts ``{"phase", "step", "total", "heads", "metric",
+"metric_name"}`` (phases ``rank``, ``greedy``, ``done``).  ``cancel`` (a
+``threading.Event``) is checked between forwards; a cancelled study returns what it
+had found so far with ``cancelled=True``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from ..errors import InputError
+from ..metrics import kl_divergence
+from .ablation import ablated_logits, as_ids, head_means
+from .evaluate import AblationSpec, run_head_sets
+
+Head = tuple[int, int]
+Progress = Callable[[dict], None] | None
+
+SEARCH = ("rank single heads by {score} (batched), keep the best {candidates}, then greedy forward selection "
+          "adding the head that most improves the score, up to {max_heads} heads{stop}")
+
+
+def top_k(logits: torch.Tensor, k: int = 10) -> dict:
+    """The ``k`` most likely next tokens: ``{"ids": [...], "probs": [...]}``."""
+    probs = torch.softmax(logits.double(), -1)
+    values, ids = probs.topk(min(k, probs.numel()))
+    return {"ids": ids.tolist(), "probs": values.tolist()}
+
+
+@dataclass
+class StudyResult:
+    """What a study found: the heads, the distributions before and after, and its trace."""
+
+    study: str  # "generic" or "targeted"
+    heads: list[Head]
+    before: dict  # top_k of the baseline
+    after: dict  # top_k with ``heads`` ablated
+    kl: float  # KL(baseline || ablated with heads), nats
+    steps: list[dict] = field(default_factory=list)
+    success: bool | None = None  # targeted: the target is the most likely token after ablation
+    target_id: int | None = None
+    kind: str = "zero"
+    cancelled: bool = False
+    search: str = ""
+    forwards: int = 0  # batched forwards run (each of up to batch_size rows)
+
+    def to_dict(self) -> dict:
+        return {
+            "study": self.study, "heads": [list(h) for h in self.heads], "before": self.before,
+            "after": self.after, "kl": self.kl, "steps": self.steps, "success": self.success,
+            "target_id": self.target_id, "kind": self.kind, "cancelled": self.cancelled,
+            "search": self.search, "forwards": self.forwards,
+        }
+
+
+def target_margin(logits: torch.Tensor, target: int) -> torch.Tensor:
+    """``logit[target] - max_{v != target} logit[v]`` for each row of ``logits [..., V]``."""
+    others = logits.clone()
+    others[..., target] = float("-inf")
+    return logits[..., target] - others.max(-1).values
+
+
+class _Search:
+    """Shared machinery of both studies: batched runs, counting, progress and cancellation."""
+
+    def __init__(self, lm, input_ids, kind, batch_size, progress, cancel, metric_name, spec_kwargs):
+        self.lm, self.ids = lm, as_ids(lm, input_ids)
+        self.spec = AblationSpec(kind, **spec_kwargs)
+        self.means = head_means(lm, self.ids) if kind == "mean" else None
+        self.batch_size, self.progress, self.cancel = batch_size, progress, cancel
+        self.metric_name = metric_name
+        self.forwards = 0
+        self.baseline = ablated_logits(lm, self.ids, [])
+        self.steps: list[dict] = []
+
+    def cancelled(self) -> bool:
+        return self.cancel is not None and self.cancel.is_set()
+
+    def emit(self, phase: str, step: int, total: int, heads: list[Head], metric: float | None) -> None:
+        event = {"phase": phase, "step": step, "total": total, "heads": [list(h) for h in heads],
+                 "metric": metric, "metric_name": self.metric_name}
+        if phase != "rank":
+            self.steps.append(event)
+        if self.progress is not None:
+            self.progress(event)
+
+    def run(self, head_sets: list[list[Head]], on_batch=None) -> torch.Tensor:
+        def counted(done: int, total: int) -> None:
+            self.forwards += 1
+            if on_batch is not None:
+                on_batch(done, total)
+
+        return run_head_sets(self.lm, self.ids, head_sets, self.spec, self.batch_size, self.means,
+                             cancel=self.cancel, on_batch=counted)
+
+    def rank(self, score: Callable[[torch.Tensor], torch.Tensor]) -> tuple[list[Head], torch.Tensor, torch.Tensor]:
+        parts = self.lm.parts
+        heads = [(layer, head) for layer in range(parts.n_layers) for head in range(parts.n_heads)]
+        logits = self.run([[h] for h in heads],
+                          on_batch=lambda done, total: self.emit("rank", done, total, [], None))
+        return heads[:logits.shape[0]], logits, score(logits)
+
+    def greedy(self, order: list[Head], single_logits: torch.Tensor, single_scores: torch.Tensor,
+               score: Callable[[torch.Tensor], torch.Tensor], max_heads: int, must_improve: bool,
+               done: Callable[[float], bool]) -> tuple[list[Head], torch.Tensor | None]:
+        """Greedy forward selection over ``order``.
+
+        ``must_improve``: stop when no candidate beats the current score; ``done(score)``
+        is checked after each step and stops the search when true.
+        """
+        chosen: list[Head] = []
+        best_logits, current = None, None
+        for step in range(1, max_heads + 1):
+            remaining = [h for h in order if h not in chosen]
+            if not remaining or self.cancelled():
+                break
+            if step == 1:  # the single-head runs of the ranking are this step's runs
+                logits, scores = single_logits, single_scores
+            else:
+                logits = self.run([chosen + [h] for h in remaining])
+                if logits.shape[0] < len(remaining):
+                    break  # cancelled mid-step
+                scores = score(logits)
+            i = int(scores.argmax())
+            if must_improve and current is not None and not float(scores[i]) > current:
+                break  # no candidate improves the score any more
+            chosen.append(remaining[i])
+            best_logits, current = logits[i], float(scores[i])
+            self.emit("greedy", step, max_heads, chosen, current)
+            if done(current):
+                break
+        return chosen, best_logits
+
+
+def _finish(s: _Search, study: str, heads: list[Head], after_logits, k: int, search: str, **extra) -> StudyResult:
+    after_logits = s.baseline if after_logits is None else after_logits
+    kl = float(kl_divergence(s.baseline, after_logits))
+    result = StudyResult(study=study, heads=heads, before=top_k(s.baseline, k), after=top_k(after_logits, k),
+                         kl=kl, steps=s.steps, kind=s.spec.kind, cancelled=s.cancelled(), search=search,
+                         forwards=s.forwards, **extra)
+    s.emit("done", len(heads), len(heads), heads, kl)
+    return result
+
+
+def generic_study(lm, input_ids, max_heads: int = 5, candidates: int = 20, kind: str = "zero",
+                  progress: Progress = None, cancel=None, batch_size: int = 32, k: int = 10,
+                  **spec_kwargs) -> StudyResult:
+    """Find up to ``max_heads`` heads whose joint ablation changes the next-token distribution most (KL).
+
+    The search is the module's: rank single heads by KL, keep the best
+    ``candidates``, greedy forward selection (stopping early when no candidate
+    raises the KL).  ``spec_kwargs`` (factor, threshold, positions, seed) shape the ablation.
+    """
+    _check_sizes(max_heads, candidates)
+    s = _Search(lm, input_ids, kind, batch_size, progress, cancel, "kl", spec_kwargs)
+    search = SEARCH.format(score="KL(baseline || ablated)", candidates=candidates, max_heads=max_heads,
+                           stop="; stop early when no candidate raises the KL")
+
+    def score(logits):
+        return kl_divergence(s.baseline.unsqueeze(0), logits)
+
+    heads, singles, scores = s.rank(score)
+    if s.cancelled():
+        return _finish(s, "generic", [], None, k, search)
+    keep = scores.argsort(descending=True)[:candidates]
+    order = [heads[i] for i in keep.tolist()]
+    chosen, after = s.greedy(order, singles[keep], scores[keep], score, max_heads, True, lambda new: False)
+    return _finish(s, "generic", chosen, after, k, search)
+
+
+def targeted_study(lm, input_ids, target_id: int, max_heads: int = 8, candidates: int = 20, kind: str = "zero",
+                   progress: Progress = None, cancel=None, batch_size: int = 32, k: int = 10,
+                   **spec_kwargs) -> StudyResult:
+    """Find a small set of heads whose ablation makes ``target_id`` the most likely next token.
+
+    The search is the module's: rank single heads by the rise of the target's logit
+    margin over its strongest rival, keep the best ``candidates``, greedy forward
+    selection that stops as soon as the target is the most likely token.
+    """
+    _check_sizes(max_heads, candidates)
+    vocab = lm.model.get_output_embeddings().out_features
+    if not isinstance(target_id, int) or isinstance(target_id, bool) or not 0 <= target_id < vocab:
+        raise InputError(f"target token id {target_id!r} is out of range: valid ids are 0..{vocab - 1}")
+    s = _Search(lm, input_ids, kind, batch_size, progress, cancel, "target_margin", spec_kwargs)
+    search = SEARCH.format(score="the rise of the target's logit margin", candidates=candidates,
+                           max_heads=max_heads, stop="; stop as soon as the target is the most likely token")
+    if float(target_margin(s.baseline, target_id)) > 0:
+        return _finish(s, "targeted", [], None, k, search, success=True, target_id=target_id)
+
+    def score(logits):
+        return target_margin(logits, target_id)
+
+    heads, singles, scores = s.rank(score)
+    if s.cancelled():
+        return _finish(s, "targeted", [], None, k, search, success=False, target_id=target_id)
+    keep = scores.argsort(descending=True)[:candidates]  # largest margin = largest rise over the baseline
+    order = [heads[i] for i in keep.tolist()]
+    chosen, after = s.greedy(order, singles[keep], scores[keep], score, max_heads, False, lambda new: new > 0)
+    success = after is not None and float(target_margin(after, target_id)) > 0
+    return _finish(s, "targeted", chosen, after, k, search, success=success, target_id=target_id)
+
+
+def _check_sizes(max_heads: int, candidates: int) -> None:
+    if not isinstance(max_heads, int) or max_heads < 1:
+        raise InputError(f"max_heads must be an integer >= 1, got {max_heads!r}")
+    if not isinstance(candidates, int) or candidates < 1:
+        raise InputError(f"candidates must be an integer >= 1, got {candidates!r}")
