@@ -12,6 +12,7 @@ puts these pieces together with the colours of each token's attention.
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -83,9 +84,10 @@ def _covered() -> frozenset[int]:
 
 
 def drawable(text: str) -> str:
-    """``text`` with characters that no available font has replaced by ``□``."""
+    """``text`` with control characters and characters no available font has replaced by ``□``."""
     covered = _covered()
-    return "".join(ch if ord(ch) in covered or ch.isspace() else MISSING_GLYPH for ch in text)
+    return "".join(ch if ch == " " or (ord(ch) in covered and unicodedata.category(ch) not in ("Cc", "Cf"))
+                   else MISSING_GLYPH for ch in text)
 
 
 def shorten(text: str, limit: int) -> str:

@@ -35,13 +35,15 @@ class Window:
 
 
 def check_window(window: int, stride: int, context_length: int | None = None) -> None:
-    """Raise :class:`InputError` for a window below 1, past the context, or a stride below 1."""
+    """Raise :class:`InputError` for a window below 1 or past the context, a stride below 1 or past the window."""
     if window < 1:
         raise InputError(f"--window must be at least 1 key position, got {window}")
     if context_length and window > context_length:
         raise InputError(f"--window {window} is larger than the model's context of {context_length} tokens")
     if stride < 1:
         raise InputError(f"--stride must be at least 1, got {stride}")
+    if stride > window:
+        raise InputError(f"--stride {stride} is larger than --window {window}: keys between windows would be skipped")
 
 
 def window_spans(seq_len: int, window: int, stride: int) -> list[tuple[int, int]]:
