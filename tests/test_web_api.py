@@ -216,3 +216,48 @@ def test_load_on_loopback_answers_every_request(lm):
         assert len(codes) == 50 and set(codes) <= {200, 422}
         assert codes.count(422) == 20
         assert http.get("/api/model").status_code == 200
+
+
+def wait_job(client, job_id, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = client.get(f"/api/jobs/{job_id}").json()
+        if state["status"] in ("done", "cancelled", "error"):
+            return state
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not finish")
+
+
+def test_evaluate_heads_equals_single_head_predictions(client):
+    r = client.post("/api/evaluate_heads", json={"prompt": IOI, "kind": "zero"})
+    assert r.status_code == 200
+    kl = np.array(r.json()["kl"])
+    assert kl.shape == (2, 4)
+    for layer, head in [(0, 0), (1, 3)]:
+        p = client.post("/api/predict", json={"prompt": IOI, "ablations": [{"layer": layer, "head": head}]}).json()
+        assert kl[layer, head] == pytest.approx(p["kl"], abs=1e-5)
+
+
+def test_targeted_study_result_agrees_with_predict(client):
+    base = client.post("/api/predict", json={"prompt": IOI, "top_k": 5}).json()
+    target = base["before"][1]["id"]
+    r = client.post("/api/studies", json={"prompt": IOI, "mode": "targeted", "target_id": target,
+                                          "max_heads": 4, "candidates": 8})
+    assert r.status_code == 200
+    state = wait_job(client, r.json()["job_id"])
+    assert state["status"] == "done", state["error"]
+    res = state["result"]
+    assert res["target_id"] == target and res["before_tokens"][0]["id"] == base["before"][0]["id"]
+    heads = [{"layer": l, "head": h} for l, h in res["heads"]]
+    after = client.post("/api/predict", json={"prompt": IOI, "ablations": heads, "top_k": 5}).json()
+    assert [t["id"] for t in after["after"]] == [t["id"] for t in res["after_tokens"][:5]]
+    np.testing.assert_allclose([t["prob"] for t in after["after"]], [t["prob"] for t in res["after_tokens"][:5]],
+                               atol=1e-5)
+    assert res["success"] == (after["after"][0]["id"] == target)
+
+
+def test_study_rejects_bad_target(client):
+    r = client.post("/api/studies", json={"prompt": IOI, "mode": "targeted", "target_id": 99999})
+    assert r.status_code == 422 and "0-399" in r.json()["detail"]
+    r = client.post("/api/studies", json={"prompt": IOI, "mode": "targeted"})
+    assert r.status_code == 422 and "target_id" in r.json()["detail"]

@@ -47,6 +47,12 @@ def study_job(service: ExplorerService, jobs: JobQueue, req: S.StudyRequest) -> 
         else:
             result = studies.generic_study(service.lm, ids, **common)
         out = _plain(result.to_dict())
+        for side in ("before", "after"):  # {"ids", "probs"} -> rows with labels, as the page shows them
+            dist = out.get(side) or {"ids": [], "probs": []}
+            out[f"{side}_tokens"] = [{"id": int(i), "label": service.label(int(i)), "prob": float(p)}
+                                     for i, p in zip(dist["ids"], dist["probs"])]
+        if out.get("target_id") is not None:
+            out["target_label"] = service.label(out["target_id"])
         out["tokens"] = service.tokens(ids)
         return out
 

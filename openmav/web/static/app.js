@@ -40,6 +40,7 @@ async function api(path, body) {
     return data;
   } catch (err) {
     showError(err.message);
+    err.shown = true;
     throw err;
   } finally {
     if (--S.busy === 0) $("#busy").hidden = true;
@@ -48,6 +49,7 @@ async function api(path, body) {
 function showError(msg) {
   const box = $("#error");
   box.textContent = msg;
+  console.warn("error shown:", msg);
   box.hidden = false;
 }
 
@@ -281,4 +283,9 @@ function fillTokenSelect(select, tokens) {
   if ([...select.options].some((o) => o.value === keep)) select.value = keep;
 }
 
+// an API error is already shown in the error line; anything else gets shown there too
+window.addEventListener("unhandledrejection", (e) => {
+  if (!(e.reason && e.reason.shown)) showError(String(e.reason && e.reason.message || e.reason));
+  e.preventDefault();
+});
 window.addEventListener("DOMContentLoaded", () => window.mavInit && window.mavInit());

@@ -65,7 +65,7 @@ function followJob(jobId, {progress, log, cancel, onEvent, onEnd}) {
   source.addEventListener("progress", (e) => {
     const ev = JSON.parse(e.data);
     if (ev.total) { progress.max = ev.total; progress.value = ev.done ?? ev.step ?? 0; }
-    if (log) log.textContent += (ev.message || JSON.stringify(ev)) + "\n";
+    if (log) log.textContent += describeEvent(ev) + "\n";
     if (log) log.scrollTop = log.scrollHeight;
     if (onEvent) onEvent(ev);
   });
@@ -78,6 +78,13 @@ function followJob(jobId, {progress, log, cancel, onEvent, onEnd}) {
     onEnd(job);
   });
   source.onerror = () => { source.close(); cancel.disabled = true; };
+}
+
+function describeEvent(ev) {
+  if (ev.message) return ev.message;
+  const heads = (ev.heads || []).map((h) => `L${h[0]} H${h[1]}`).join(", ");
+  const metric = ev.metric === null || ev.metric === undefined ? "" : ` · ${ev.metric_name || "metric"} ${fmt(ev.metric)}`;
+  return `${ev.phase || "step"} ${ev.step ?? ""}/${ev.total ?? ""}${heads ? ` · heads ${heads}` : ""}${metric}`;
 }
 
 async function startStudy() {
@@ -99,16 +106,18 @@ async function showStudy(state) {
   const r = state.result;
   if (!r) { box.replaceChildren(el("p", {text: `study ${state.status}`})); return; }
   const heads = (r.heads || []).map(asHead);
-  const label = (t) => ({id: t.id, label: t.label ?? t.text ?? String(t.id), prob: t.prob});
+  const cancelled = state.status === "cancelled" || r.cancelled;
+  const outcome = r.study === "targeted"
+    ? (r.success ? `“${r.target_label}” is now the most likely token` : `“${r.target_label}” did not become the most likely token`)
+    : `KL(before‖after) ${fmt(r.kl)} nats`;
   box.replaceChildren(
-    el("h3", {text: `${state.status === "cancelled" ? "Cancelled: best so far" : "Heads found"}: ` +
+    el("h3", {class: "study-heads", text: `${cancelled ? "Cancelled; best so far" : "Heads found"}: ` +
       (heads.map((h) => `L${h.layer} H${h.head}`).join(", ") || "none")}),
-    el("p", {class: "study-summary", text: r.summary || (r.success === undefined ? "" : r.success
-      ? "the target became the most likely token" : "the target did not become the most likely token")}),
+    el("p", {class: "study-summary", text: `${outcome} · ${r.forwards} batched forwards · search: ${r.search}`}),
     el("div", {class: "row"},
       el("button", {text: "view these heads", onclick: () => viewHeads(heads)}),
       el("button", {text: "ablate these heads", onclick: () => ablateHeads(heads)})),
-    distTables({before: (r.before || []).map(label), after: (r.after || []).map(label)}),
+    distTables({before: r.before_tokens.slice(0, 5), after: r.after_tokens.slice(0, 5)}),
   );
   await viewHeads(heads);
 }
