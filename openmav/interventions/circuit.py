@@ -1,0 +1,247 @@
+"""Circuit discovery: attribution patching, verified by real patching, with measured path effects.
+
+For a metric ``m(logits)`` (e.g. the logit difference between two names) and a
+clean / corrupted prompt pair of equal length:
+
+- :func:`attribution_patching` estimates, for every head, the effect of patching
+  its output ``z`` from the corrupted run into the clean run, to first order:
+  ``(z_corrupt - z_clean) . d m / d z`` (at the clean run), summed over positions and
+  head dimensions.  Cost: one clean forward and backward plus one corrupted forward.
+- :func:`verify_by_ablation` measures that effect for real: the clean run with the
+  head's ``z`` replaced by its corrupted value, ``m(patched) - m(clean)``.
+- :func:`discover_circuit` keeps the ``top_n`` heads by ``|estimate|``, verifies
+  them, and weights an edge sender -> receiver (sender in an earlier layer) by the
+  measured *path* effect: patch the sender, record the receiver's resulting ``z``,
+  then run clean with only the receiver's ``z`` replaced by that value; the metric
+  change is the sender's effect through that receiver alone.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from .ablation import as_ids, head_outputs
+from .evaluate import Cancelled
+from .patching import Metric, head_outputs_with_grad, metric_rows, patched_forward
+
+Head = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class LogitDiff:
+    """``logits[token_a] - logits[token_b]``."""
+
+    token_a: int
+    token_b: int
+
+    @property
+    def name(self) -> str:
+        return f"logit[{self.token_a}] - logit[{self.token_b}]"
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits[self.token_a] - logits[self.token_b]
+
+
+@dataclass(frozen=True)
+class TokenProb:
+    """``softmax(logits)[token]``."""
+
+    token: int
+
+    @property
+    def name(self) -> str:
+        return f"p[{self.token}]"
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(logits.double(), -1)[self.token]
+
+
+def logit_diff(token_a: int, token_b: int) -> LogitDiff:
+    return LogitDiff(int(token_a), int(token_b))
+
+
+def token_prob(token: int) -> TokenProb:
+    return TokenProb(int(token))
+
+
+def single_token(lm, text: str) -> int:
+    """The id of ``text`` when it is exactly one token (e.g. ``" Mary"``); an :class:`InputError` otherwise."""
+    ids = lm.tokenizer(text, add_special_tokens=False).input_ids
+    if len(ids) != 1:
+        raise InputError(f"{text!r} is {len(ids)} tokens for {getattr(lm, 'name', 'this model')}; a metric token "
+                         "must be exactly one token (try it with a leading space)")
+    return int(ids[0])
+
+
+NAME_PAIR = re.compile(r"\b([A-Z][a-z]+) and ([A-Z][a-z]+)\b")
+
+
+def swap_names(prompt: str, tokenizer=None) -> str:
+    """Swap the two names of an IOI prompt (found as ``"A and B"``) everywhere they occur.
+
+    With a ``tokenizer``, the corrupted prompt must have as many tokens as the clean
+    one (patching pairs positions); an :class:`InputError` says when it has not.
+    """
+    match = NAME_PAIR.search(prompt or "")
+    if not match or match.group(1) == match.group(2):
+        raise InputError("no two names found to swap: the prompt needs the form '... A and B ...' "
+                         "(e.g. 'When Mary and John went to the store, John gave a drink to')")
+    a, b = match.group(1), match.group(2)
+    corrupt = re.sub(rf"\b({re.escape(a)}|{re.escape(b)})\b", lambda m: b if m.group(1) == a else a, prompt)
+    if tokenizer is not None:
+        n_clean, n_corrupt = (len(tokenizer(p, add_special_tokens=False).input_ids) for p in (prompt, corrupt))
+        if n_clean != n_corrupt:
+            raise InputError(f"swapping {a!r} and {b!r} changes the length ({n_clean} -> {n_corrupt} tokens); "
+                             "choose names of equal token length or give a corrupted prompt")
+    return corrupt
+
+
+def _pair(lm, clean_ids, corrupt_ids) -> tuple[torch.Tensor, torch.Tensor]:
+    clean, corrupt = as_ids(lm, clean_ids), as_ids(lm, corrupt_ids)
+    if clean.shape != corrupt.shape:
+        raise InputError(f"the clean and corrupted prompts must have the same number of tokens "
+                         f"({clean.shape[1]} vs {corrupt.shape[1]})")
+    return clean, corrupt
+
+
+def attribution_patching(lm, clean_ids, corrupt_ids, metric: Metric) -> np.ndarray:
+    """First-order estimate ``[L, H]`` of each head's patching effect on ``metric`` (see module doc)."""
+    clean, corrupt = _pair(lm, clean_ids, corrupt_ids)
+    _, z_clean, grads = head_outputs_with_grad(lm, clean, metric)
+    z_corrupt = head_outputs(lm, corrupt)
+    est = [((zc - zk) * g).double().sum(dim=(0, 2)) for zc, zk, g in zip(z_corrupt, z_clean, grads)]
+    return torch.stack(est).numpy()
+
+
+def verify_by_ablation(lm, clean_ids, corrupt_ids, metric: Metric, heads: list[Head], batch_size: int = 32,
+                       cancel=None, on_batch=None) -> np.ndarray:
+    """The real effect of patching each head's ``z`` from the corrupted run into the clean run.
+
+    Returns ``m(clean with z_head := z_corrupt) - m(clean)`` per head (batched,
+    ``batch_size`` heads per forward).
+    """
+    clean, corrupt = _pair(lm, clean_ids, corrupt_ids)
+    z_corrupt = head_outputs(lm, corrupt)
+    base = float(metric_rows(metric, patched_forward(lm, clean, [[]])[0])[0])
+    out = []
+    for start in range(0, len(heads), batch_size):
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("the verification was cancelled")
+        rows = [[(layer, head, z_corrupt[layer][:, head])] for layer, head in heads[start:start + batch_size]]
+        out.append(metric_rows(metric, patched_forward(lm, clean, rows)[0]) - base)
+        if on_batch is not None:
+            on_batch(start + len(rows), len(heads))
+    return torch.cat(out).numpy() if out else np.zeros(0)
+
+
+def path_effects(lm, clean_ids, corrupt_ids, metric: Metric, heads: list[Head]) -> list[tuple[Head, Head, float]]:
+    """Measured effect of each sender through each later-layer receiver (see module doc): two batched forwards."""
+    clean, corrupt = _pair(lm, clean_ids, corrupt_ids)
+    pairs = [(s, r) for s in heads for r in heads if s[0] < r[0]]
+    if not pairs:
+        return []
+    z_corrupt = head_outputs(lm, corrupt)
+    senders = sorted({s for s, _ in pairs})
+    receivers_layers = sorted({r[0] for _, r in pairs})
+    _, seen = patched_forward(lm, clean, [[(s[0], s[1], z_corrupt[s[0]][:, s[1]])] for s in senders],
+                              record_layers=receivers_layers)
+    row_of = {s: i for i, s in enumerate(senders)}
+    rows = [[(r[0], r[1], seen[r[0]][row_of[s], :, r[1]])] for s, r in pairs]
+    logits, _ = patched_forward(lm, clean, [[]] + rows)
+    values = metric_rows(metric, logits)
+    return [(s, r, float(v - values[0])) for (s, r), v in zip(pairs, values[1:])]
+
+
+def correlation(x, y) -> float | None:
+    """Pearson correlation of two sequences; ``None`` when either is constant or shorter than 2."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.size < 2 or x.std() == 0 or y.std() == 0:
+        return None
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+@dataclass
+class Circuit:
+    """Heads by layer with estimated and verified effects, and edges weighted by measured path effects."""
+
+    nodes: list[dict]  # {"layer", "head", "attribution", "effect"}
+    edges: list[dict]  # {"source": [l, h], "target": [l, h], "effect"}
+    metric: str
+    clean_metric: float
+    corrupt_metric: float
+    correlation: float | None  # Pearson(attribution, verified effect) over the verified heads
+    n_verified: int
+    attribution: np.ndarray = field(repr=False)  # [L, H] estimates for all heads
+    verified: np.ndarray | None = field(default=None, repr=False)  # [L, H] real effects when all were verified
+    cancelled: bool = False
+
+    def to_dict(self) -> dict:
+        return {
+            "nodes": self.nodes, "edges": self.edges, "metric": self.metric, "clean_metric": self.clean_metric,
+            "corrupt_metric": self.corrupt_metric, "correlation": self.correlation, "n_verified": self.n_verified,
+            "attribution": self.attribution.tolist(),
+            "verified": None if self.verified is None else self.verified.tolist(), "cancelled": self.cancelled,
+        }
+
+
+def discover_circuit(lm, clean_ids, corrupt_ids, metric: Metric, top_n: int = 8, progress=None, cancel=None,
+                     verify_all: bool = True, batch_size: int = 32) -> Circuit:
+    """Attribution for every head, real patching to verify, measured path effects between the top heads.
+
+    ``verify_all`` verifies every head (batched), so the correlation is over all
+    heads; otherwise only the ``top_n`` nodes.  ``progress(event)`` gets
+    ``{"phase": "attribution" | "verify" | "paths" | "done", "step", "total"}``;
+    ``cancel`` (a ``threading.Event``) is checked between forwards.
+    """
+    parts = lm.parts
+    if not isinstance(top_n, int) or not 1 <= top_n <= parts.n_layers * parts.n_heads:
+        raise InputError(f"top_n must be an integer in 1..{parts.n_layers * parts.n_heads}, got {top_n!r}")
+    clean, corrupt = _pair(lm, clean_ids, corrupt_ids)
+
+    def emit(phase, step=0, total=0):
+        if progress is not None:
+            progress({"phase": phase, "step": step, "total": total})
+
+    def stopped() -> bool:
+        return cancel is not None and cancel.is_set()
+
+    emit("attribution", 0, 1)
+    attribution = attribution_patching(lm, clean, corrupt, metric)
+    clean_m = float(metric_rows(metric, patched_forward(lm, clean, [[]])[0])[0])
+    corrupt_m = float(metric_rows(metric, patched_forward(lm, corrupt, [[]])[0])[0])
+    emit("attribution", 1, 1)
+    order = np.argsort(-np.abs(attribution), axis=None, kind="stable")[:top_n]
+    top = [(int(i // parts.n_heads), int(i % parts.n_heads)) for i in order]
+    every = [(layer, head) for layer in range(parts.n_layers) for head in range(parts.n_heads)]
+    to_verify = every if verify_all else top
+    circuit = Circuit(nodes=[], edges=[], metric=getattr(metric, "name", "metric"), clean_metric=clean_m,
+                      corrupt_metric=corrupt_m, correlation=None, n_verified=0, attribution=attribution)
+    try:
+        if stopped():
+            raise Cancelled("cancelled")
+        effects = verify_by_ablation(lm, clean, corrupt, metric, to_verify, batch_size, cancel,
+                                     on_batch=lambda done, total: emit("verify", done, total))
+    except Cancelled:
+        circuit.cancelled = True
+        return circuit
+    effect_of = dict(zip(to_verify, effects.tolist()))
+    circuit.n_verified = len(to_verify)
+    circuit.correlation = correlation([attribution[h] for h in to_verify], effects)
+    if verify_all:
+        circuit.verified = effects.reshape(parts.n_layers, parts.n_heads)
+    circuit.nodes = [{"layer": l, "head": h, "attribution": float(attribution[l, h]), "effect": effect_of[(l, h)]}
+                     for l, h in sorted(top)]
+    if stopped():
+        circuit.cancelled = True
+        return circuit
+    emit("paths", 0, 1)
+    circuit.edges = [{"source": list(s), "target": list(r), "effect": v}
+                     for s, r, v in path_effects(lm, clean, corrupt, metric, top)]
+    emit("paths", 1, 1)
+    emit("done", 1, 1)
+    return circuit
