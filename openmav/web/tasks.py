@@ -70,7 +70,7 @@ def circuit_job(service: ExplorerService, jobs: JobQueue, req: S.CircuitRequest)
         service.check_token(req.token_b, "token_b")
         if req.token_b == req.token_a:
             raise InputError("token_a and token_b are the same token: pick two different tokens")
-    corrupt_text = req.corrupt_prompt or circuit.swap_names(req.prompt)
+    corrupt_text = req.corrupt_prompt or circuit.swap_names(req.prompt, service.lm.tokenizer)
     corrupt = service.encode(corrupt_text)
     if corrupt.shape[1] != clean.shape[1]:
         raise InputError(f"the corrupted prompt is {corrupt.shape[1]} tokens but the prompt is {clean.shape[1]}: "
@@ -86,6 +86,9 @@ def circuit_job(service: ExplorerService, jobs: JobQueue, req: S.CircuitRequest)
                                          progress=job.progress, cancel=job.cancel)
         out = _plain(found.to_dict())
         out["corrupt_prompt"] = corrupt_text
+        a = service.label(req.token_a)
+        out["metric_label"] = (f"logit({a}) − logit({service.label(req.token_b)})" if req.metric == "logit_diff"
+                               else f"p({a})")
         out["tokens"] = service.tokens(clean)
         return out
 

@@ -21,17 +21,19 @@ function showCircuit(state) {
   const nodes = (r.nodes || []).map((n) => Object.assign(asHead(n), n));
   const corr = r.correlation;
   box.replaceChildren(
-    el("p", {class: "hint", text: `Corrupted prompt: “${r.corrupt_prompt}”. Metric: ${r.metric || ""} ` +
-      `clean ${fmt(r.clean_metric, 3)}, corrupted ${fmt(r.corrupt_metric, 3)}.`}),
-    el("div", {class: "row wrap"}, circuitTable(nodes, corr), circuitGraph(nodes, r.edges || [])));
+    el("p", {class: "hint circuit-summary", text: `${r.cancelled ? "Cancelled. " : ""}Corrupted prompt: “${r.corrupt_prompt}”. ` +
+      `Metric ${r.metric_label}: clean ${fmt(r.clean_metric, 3)}, corrupted ${fmt(r.corrupt_metric, 3)}. ` +
+      "Edges: the sender's measured effect through that receiver alone (path patching)."}),
+    el("div", {class: "row wrap"}, circuitTable(nodes, corr, r.n_verified), circuitGraph(nodes, r.edges || [])));
 }
 
-function circuitTable(nodes, corr) {
+function circuitTable(nodes, corr, nVerified) {
   return el("table", {class: "circuit-table"},
-    el("caption", {text: `Head effects: attribution estimate vs real ablation (correlation ${fmt(corr, 3)})`}),
+    el("caption", {text: `Top heads: attribution estimate vs verified patching effect ` +
+      `(Pearson r ${fmt(corr, 3)} over ${nVerified} heads)`}),
     el("tr", {}, el("th", {text: "head"}), el("th", {text: "attribution"}), el("th", {text: "verified"})),
     ...nodes.map((n) => el("tr", {}, el("td", {text: `L${n.layer} H${n.head}`}),
-      el("td", {class: "num", text: fmt(n.attribution, 4)}), el("td", {class: "num", text: fmt(n.verified, 4)}))));
+      el("td", {class: "num", text: fmt(n.attribution, 4)}), el("td", {class: "num", text: fmt(n.effect, 4)}))));
 }
 
 function circuitGraph(nodes, edges) {
@@ -53,22 +55,22 @@ function circuitGraph(nodes, edges) {
     svg.appendChild(n);
     return n;
   };
-  const wmax = Math.max(1e-9, ...edges.map((e) => Math.abs(e.weight)));
+  const wmax = Math.max(1e-9, ...edges.map((e) => Math.abs(e.effect)));
   edges.forEach((e) => {
     const s = asHead(e.source), t = asHead(e.target);
     const a = pos.get(`${s.layer}.${s.head}`), b = pos.get(`${t.layer}.${t.head}`);
     if (!a || !b) return;
-    const line = add("line", {x1: a.x, y1: a.y, x2: b.x, y2: b.y, "stroke-width": 0.5 + 6 * Math.abs(e.weight) / wmax,
-      stroke: e.weight < 0 ? "#c0392b" : "#2c6fbb", "stroke-opacity": 0.75, class: "edge"});
-    add("title", {}, `L${s.layer} H${s.head} → L${t.layer} H${t.head}: path effect ${fmt(e.weight)}`);
+    const line = add("line", {x1: a.x, y1: a.y, x2: b.x, y2: b.y, "stroke-width": 0.5 + 6 * Math.abs(e.effect) / wmax,
+      stroke: e.effect < 0 ? "#c0392b" : "#2c6fbb", "stroke-opacity": 0.75, class: "edge"});
+    add("title", {}, `L${s.layer} H${s.head} → L${t.layer} H${t.head}: path effect ${fmt(e.effect)}`);
     line.appendChild(svg.lastChild);
   });
-  const vmax = Math.max(1e-9, ...nodes.map((n) => Math.abs(n.verified ?? n.attribution ?? 0)));
+  const vmax = Math.max(1e-9, ...nodes.map((n) => Math.abs(n.effect ?? 0)));
   nodes.forEach((n) => {
-    const p = pos.get(`${n.layer}.${n.head}`), v = n.verified ?? n.attribution ?? 0;
+    const p = pos.get(`${n.layer}.${n.head}`), v = n.effect ?? 0;
     const c = add("circle", {cx: p.x, cy: p.y, r: 7 + 9 * Math.abs(v) / vmax, fill: Heatmap.colour(v, vmax, true),
       stroke: "#333", class: "node"});
-    c.appendChild(document.createElementNS(ns, "title")).textContent = `L${n.layer} H${n.head}: verified ${fmt(n.verified)}`;
+    c.appendChild(document.createElementNS(ns, "title")).textContent = `L${n.layer} H${n.head}: attribution ${fmt(n.attribution)}, verified ${fmt(n.effect)}`;
     add("text", {x: p.x, y: p.y + 4, "text-anchor": "middle", class: "node-label"}, `${n.layer}.${n.head}`);
   });
   layers.forEach((l, i) => add("text", {x: 40 + i * colW, y: H - 6, "text-anchor": "middle", class: "axis-label"}, `layer ${l}`));
