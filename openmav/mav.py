@@ -74,6 +74,13 @@ def _load_backend(model, device, seed, model_obj, tokenizer_obj, dtype, backend)
     return be
 
 
+def _short(name: str) -> str:
+    """A model name fit for a status line (the last part of a path)."""
+    from pathlib import Path
+
+    return Path(str(name)).name or str(name)
+
+
 def _console(stderr: bool = False):
     from rich.console import Console
 
@@ -171,7 +178,7 @@ def MAV(model: str | None = None, prompt: str | None = None, max_new_tokens: int
     fetcher = StateFetcher(be, max_new_tokens, aggregation, scale, capture_config(panels, record_everything=False))
     stream = fetcher.fetch_next(prompt, temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p,
                                 repetition_penalty=repetition_penalty)
-    title = f"mav · {be.loaded.name}"
+    title = f"mav · {_short(be.loaded.name)}"
     result = run_view(stream, panels, mode=mode, console=console, refresh_rate=refresh_rate,
                       num_grid_rows=num_grid_rows, options=options, title=title, keys=keys)
     if record:

@@ -40,12 +40,12 @@ class MainLoopManager:
     def panels(self):
         return self.dashboard.panels
 
-    def _status(self, m, index: int | None = None, extra: str = "") -> None:
+    def _status(self, m, index: int | None = None, extra: str = "", end: str = "") -> None:
         rec = getattr(m, "record", None)
         parts = [self.title]
         if rec is not None:
             shown = rec.step if index is None else index
-            parts.append(f"token {shown + 1}/{len(self.history)}" if index is not None else f"token {rec.step + 1}")
+            parts.append(f"token {shown + 1}/{len(self.history)}{end}" if index is not None else f"token {rec.step + 1}")
             parts.append(f"{rec.elapsed_ms:.0f} ms")
         if extra:
             parts.append(extra)
@@ -100,8 +100,8 @@ class MainLoopManager:
                 while True:
                     if index >= 0:
                         m = self.history[index]
-                        self._status(m, index, ("end of generation · " if done and index == len(self.history) - 1
-                                                else "") + HELP)
+                        end = " (end)" if done and index == len(self.history) - 1 else ""
+                        self._status(m, index, HELP, end)
                         self.dashboard.show(m)
                     live.refresh()
                     key = keys.read()
