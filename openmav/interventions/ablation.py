@@ -9,11 +9,12 @@ band of the block's output, after the projection, is not one head's contribution
 Kinds (:data:`KINDS`), applied at ``positions`` (``None``: every position):
 
 - ``zero``      the slice becomes 0.
-- ``mean``      the slice becomes the head's mean output over positions: over the
-                positions of a clean forward of ``reference_ids`` when given (or of
-                the precomputed ``means``); otherwise over the positions of the
-                forward in progress (equal to the clean mean when no head of an
-                earlier layer is ablated).
+- ``mean``      the slice becomes the head's mean output over all positions: those
+                of a clean forward of ``reference_ids`` when given (or the
+                precomputed ``means``); otherwise those of the forward in progress
+                (equal to the clean mean when no head of an earlier layer is
+                ablated).  :func:`ablated_logits` and the batched functions default
+                to the clean forward of the prompt itself.
 - ``scale``     the slice is multiplied by ``factor``.
 - ``permute``   the head's outputs are shuffled across positions (a permutation
                 drawn from ``seed``).

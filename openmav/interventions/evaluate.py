@@ -47,7 +47,7 @@ class AblationSpec:
 
 
 @contextmanager
-def _expand_at(block: torch.nn.Module, batch: int):
+def expand_batch_at(block: torch.nn.Module, batch: int):
     """Pre-hook on ``block`` that repeats its hidden-state input ``[1, P, d]`` to ``[batch, P, d]``."""
 
     def pre_hook(module, args, kwargs):
@@ -96,7 +96,7 @@ def run_head_sets(lm, input_ids, head_sets: Sequence[Sequence[Head]], spec: Abla
         batch = len(chunk)
         with edit_heads(lm, plan):
             if share_prefix:
-                with _expand_at(blocks[first], batch):
+                with expand_batch_at(blocks[first], batch):
                     logits = lm.model(input_ids=ids, use_cache=False, logits_to_keep=1).logits
             else:
                 logits = lm.model(input_ids=ids.expand(batch, -1), use_cache=False, logits_to_keep=1).logits

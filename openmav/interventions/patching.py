@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import torch
 
 from .ablation import as_ids, edit_heads
-from .evaluate import _expand_at
+from .evaluate import expand_batch_at
 
 Metric = Callable[[torch.Tensor], torch.Tensor]  # logits [V] -> scalar
 Patch = tuple[int, int, torch.Tensor]  # (layer, head, value [pos, head_dim])
@@ -88,7 +88,7 @@ def patched_forward(lm, input_ids, row_patches: Sequence[Sequence[Patch]], recor
             for layer in record_layers:
                 handles.append(parts.o_proj[layer].register_forward_pre_hook(record(layer)))
             if share_prefix:
-                with _expand_at(parts.blocks[first], batch):
+                with expand_batch_at(parts.blocks[first], batch):
                     logits = lm.model(input_ids=ids, use_cache=False, logits_to_keep=1).logits
             else:
                 logits = lm.model(input_ids=ids.expand(batch, -1), use_cache=False, logits_to_keep=1).logits
