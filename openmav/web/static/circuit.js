@@ -24,35 +24,39 @@ function showCircuit(state) {
     el("p", {class: "hint circuit-summary", text: `${r.cancelled ? "Cancelled. " : ""}Corrupted prompt: “${r.corrupt_prompt}”. ` +
       `Metric ${r.metric_label}: clean ${fmt(r.clean_metric, 3)}, corrupted ${fmt(r.corrupt_metric, 3)}. ` +
       "Edges: the sender's measured effect through that receiver alone (path patching)."}),
-    el("div", {class: "row wrap"}, circuitTable(nodes, corr, r.n_verified), circuitGraph(nodes, r.edges || [])));
+    el("p", {class: "corr", text: `attribution vs verified: Pearson r ${fmt(corr, 3)} over ${r.n_verified} heads`}),
+    el("div", {class: "row wrap"}, circuitTable(nodes), circuitGraph(nodes, r.edges || [])));
 }
 
-function circuitTable(nodes, corr, nVerified) {
-  return el("table", {class: "circuit-table"},
-    el("caption", {text: `Top heads: attribution estimate vs verified patching effect ` +
-      `(Pearson r ${fmt(corr, 3)} over ${nVerified} heads)`}),
+function circuitTable(nodes) {
+  return el("div", {},
+    el("table", {class: "circuit-table"},
+    el("caption", {text: "Top heads by |attribution|"}),
     el("tr", {}, el("th", {text: "head"}), el("th", {text: "attribution"}), el("th", {text: "verified"})),
     ...nodes.map((n) => el("tr", {}, el("td", {text: `L${n.layer} H${n.head}`}),
-      el("td", {class: "num", text: fmt(n.attribution, 4)}), el("td", {class: "num", text: fmt(n.effect, 4)}))));
+      el("td", {class: "num", text: fmt(n.attribution, 4)}), el("td", {class: "num", text: fmt(n.effect, 4)})))));
 }
 
 function circuitGraph(nodes, edges) {
   const ns = "http://www.w3.org/2000/svg";
   const layers = [...new Set(nodes.map((n) => n.layer))].sort((a, b) => a - b);
-  const W = 560, colW = Math.max(70, (W - 60) / Math.max(1, layers.length)), rowH = 46;
-  const byLayer = new Map(layers.map((l) => [l, nodes.filter((n) => n.layer === l)]));
-  const H = 50 + rowH * Math.max(1, ...[...byLayer.values()].map((v) => v.length));
+  const colW = 92, W = Math.max(420, 60 + layers.length * colW), H = 300, top = 40, bottom = 60;
   const pos = new Map();
-  layers.forEach((l, i) => byLayer.get(l).forEach((n, j) => pos.set(`${n.layer}.${n.head}`, {x: 40 + i * colW, y: 40 + j * rowH})));
+  layers.forEach((l, i) => {
+    const here = nodes.filter((n) => n.layer === l), k = here.length;
+    const zig = k === 1 ? (i % 2 ? 45 : -45) : 0;  // single nodes zigzag so edges do not run through them
+    here.forEach((n, j) => pos.set(`${n.layer}.${n.head}`,
+      {x: 46 + i * colW, y: top + ((j + 0.5) * (H - top - bottom)) / k + zig}));
+  });
   const svg = document.createElementNS(ns, "svg");
-  svg.setAttribute("width", Math.max(W, 80 + layers.length * colW));
+  svg.setAttribute("width", W);
   svg.setAttribute("height", H);
   svg.classList.add("circuit-graph");
-  const add = (tag, attrs, text) => {
+  const add = (tag, attrs, text, parent = svg) => {
     const n = document.createElementNS(ns, tag);
     Object.entries(attrs).forEach(([k, v]) => n.setAttribute(k, v));
     if (text !== undefined) n.textContent = text;
-    svg.appendChild(n);
+    parent.appendChild(n);
     return n;
   };
   const wmax = Math.max(1e-9, ...edges.map((e) => Math.abs(e.effect)));
@@ -60,19 +64,23 @@ function circuitGraph(nodes, edges) {
     const s = asHead(e.source), t = asHead(e.target);
     const a = pos.get(`${s.layer}.${s.head}`), b = pos.get(`${t.layer}.${t.head}`);
     if (!a || !b) return;
-    const line = add("line", {x1: a.x, y1: a.y, x2: b.x, y2: b.y, "stroke-width": 0.5 + 6 * Math.abs(e.effect) / wmax,
-      stroke: e.effect < 0 ? "#c0392b" : "#2c6fbb", "stroke-opacity": 0.75, class: "edge"});
-    add("title", {}, `L${s.layer} H${s.head} → L${t.layer} H${t.head}: path effect ${fmt(e.effect)}`);
-    line.appendChild(svg.lastChild);
+    const mx = (a.x + b.x) / 2, my = (a.y + b.y) / 2, dx = b.x - a.x, dy = b.y - a.y;
+    const bend = 0.18;  // curve each edge to one side so parallel edges stay apart
+    const path = add("path", {d: `M${a.x},${a.y} Q${mx - dy * bend},${my + dx * bend} ${b.x},${b.y}`, fill: "none",
+      "stroke-width": 0.7 + 7 * Math.abs(e.effect) / wmax, stroke: e.effect < 0 ? "#c0392b" : "#2c6fbb",
+      "stroke-opacity": 0.6, class: "edge", "data-effect": e.effect});
+    add("title", {}, `L${s.layer} H${s.head} → L${t.layer} H${t.head}: path effect ${fmt(e.effect)}`, path);
   });
   const vmax = Math.max(1e-9, ...nodes.map((n) => Math.abs(n.effect ?? 0)));
   nodes.forEach((n) => {
     const p = pos.get(`${n.layer}.${n.head}`), v = n.effect ?? 0;
-    const c = add("circle", {cx: p.x, cy: p.y, r: 7 + 9 * Math.abs(v) / vmax, fill: Heatmap.colour(v, vmax, true),
-      stroke: "#333", class: "node"});
-    c.appendChild(document.createElementNS(ns, "title")).textContent = `L${n.layer} H${n.head}: attribution ${fmt(n.attribution)}, verified ${fmt(n.effect)}`;
-    add("text", {x: p.x, y: p.y + 4, "text-anchor": "middle", class: "node-label"}, `${n.layer}.${n.head}`);
+    const c = add("circle", {cx: p.x, cy: p.y, r: 5 + 13 * Math.sqrt(Math.abs(v) / vmax),
+      fill: v < 0 ? "#e8a29a" : "#9fc0e6", stroke: v < 0 ? "#c0392b" : "#2c6fbb", "stroke-width": 1.5, class: "node"});
+    add("title", {}, `L${n.layer} H${n.head}: attribution ${fmt(n.attribution)}, verified ${fmt(n.effect)}`, c);
+    add("text", {x: p.x, y: p.y - 20, "text-anchor": "middle", class: "node-label"}, `L${n.layer} H${n.head}`);
   });
-  layers.forEach((l, i) => add("text", {x: 40 + i * colW, y: H - 6, "text-anchor": "middle", class: "axis-label"}, `layer ${l}`));
+  layers.forEach((l, i) => add("text", {x: 46 + i * colW, y: H - 34, "text-anchor": "middle", class: "axis-label"}, `layer ${l}`));
+  add("text", {x: 8, y: H - 10, class: "legend"},
+    "node area: verified effect · edge width: path effect · blue raises the metric, red lowers it");
   return svg;
 }

@@ -10,7 +10,7 @@ async function evaluateHeads() {
   S.evaluation = await api("/api/evaluate_heads", {prompt: S.prompt, kind});
   const kl = S.evaluation.kl, L = kl.length, H = kl[0].length;
   const box = $("#eval-map");
-  box.replaceChildren(el("h3", {text: `KL of the next-token distribution when one head is ablated (${kind})`}));
+  box.replaceChildren(el("h3", {text: `KL when one head is ablated (${kind})`}));
   const vmax = Math.max(1e-9, ...kl.flat());
   new Heatmap(box, {
     rows: [...Array(L).keys()].map((l) => `L${l}`), cols: [...Array(H).keys()].map((h) => `H${h}`), values: kl,
@@ -21,7 +21,7 @@ async function evaluateHeads() {
   kl.forEach((row, l) => row.forEach((v, h) => ranked.push({layer: l, head: h, kl: v,
     dp: S.evaluation.delta_top_prob ? S.evaluation.delta_top_prob[l][h] : null})));
   ranked.sort((a, b) => b.kl - a.kl);
-  $("#eval-bars").replaceChildren(el("h3", {text: "Heads sorted by effect (top 20)"}),
+  $("#eval-bars").replaceChildren(el("h3", {text: "Heads sorted by KL (top 20)"}),
     barChart(ranked.slice(0, 20).map((r) => ({label: `L${r.layer} H${r.head}`, value: r.kl,
       note: r.dp === null ? "" : `Δp(top) ${r.dp >= 0 ? "+" : ""}${fmt(r.dp, 3)}`}))));
   renderGrid();
