@@ -84,7 +84,10 @@ grid.addEventListener('mousemove', e => {
   ids.forEach((id, j) => { const tr = document.createElement('tr'); tr.appendChild(cell('td', word(id)));
     tr.appendChild(cell('td', ps[j].toFixed(3))); t.appendChild(tr); });
   tip.appendChild(t);
-  tip.style.display = 'block'; tip.style.left = (e.clientX + 14) + 'px'; tip.style.top = (e.clientY + 14) + 'px';
+  tip.style.display = 'block';
+  const x = e.clientX + 14 + tip.offsetWidth > innerWidth ? e.clientX - 14 - tip.offsetWidth : e.clientX + 14;
+  const y = e.clientY + 14 + tip.offsetHeight > innerHeight ? e.clientY - 14 - tip.offsetHeight : e.clientY + 14;
+  tip.style.left = Math.max(0, x) + 'px'; tip.style.top = Math.max(0, y) + 'px';
 });
 grid.addEventListener('mouseleave', () => tip.style.display = 'none');
 slider.addEventListener('input', () => show(+slider.value));
