@@ -83,6 +83,7 @@ def test_token_text_forms(tiny):
     deltas = [dec.push(i) for i in lm.tokenizer.encode("a🙂b", add_special_tokens=False)]
     assert "".join(deltas) == "a🙂b" and "🙂" in deltas
     assert visible("  hi ") == "␣␣hi␣" and visible("\n") == "↵"
+    assert visible("a\x07b") == "a\\x07b"  # control characters never reach a terminal raw
     assert disambiguate(["John", "gave", "John"]) == ["John", "gave", "John_2"]
 
 

@@ -30,11 +30,21 @@ class TokenText:
     display: str
 
 
+def _escape_control(ch: str) -> str:
+    code = ord(ch)
+    if code < 0x20 or 0x7F <= code < 0xA0:
+        return _VISIBLE.get(ch) or f"\\x{code:02x}"
+    return ch
+
+
 def visible(text: str) -> str:
-    """Make whitespace visible: spaces at the ends become ``␣``, newlines ``↵``, tabs ``⇥``."""
+    """Make whitespace visible: spaces at the ends become ``␣``, newlines ``↵``, tabs ``⇥``.
+
+    Other control characters are shown escaped (``\\x07``), so a label never moves the cursor.
+    """
     if not text:
         return ""
-    out = text.replace("\r", _VISIBLE["\r"]).replace("\n", _VISIBLE["\n"]).replace("\t", _VISIBLE["\t"])
+    out = "".join(_escape_control(ch) for ch in text)
     stripped = out.strip(" ")
     if not stripped:
         return "␣" * len(out)
