@@ -2,8 +2,10 @@
 
 The dashboard is built once.  In live mode the producer (the generation loop)
 hands each new :class:`~openmav.api.measurements.ModelMeasurements` to
-:meth:`Dashboard.show` (a reference swap) and rich's own refresh thread redraws at
-most ``refresh_rate`` times a second, so drawing never holds generation back.
+:meth:`Dashboard.show` (a reference swap) and a :class:`Refresher` thread redraws
+only when there is something new, at most ``refresh_rate`` times a second, and
+never more often than keeps drawing under :data:`MAX_DRAW_SHARE` of the time, so
+drawing (which holds Python's GIL) cannot slow generation by more than that.
 Ctrl-C stops cleanly: the terminal is restored and the text so far is returned.
 
 Interactive mode steps one token per key and keeps every token's measurements, so
@@ -12,6 +14,8 @@ the user can go back and forth and see every panel as it was at that token.
 
 from __future__ import annotations
 
+import sys
+import threading
 import time
 from typing import Iterable, Iterator
 
@@ -20,6 +24,59 @@ from rich.live import Live
 
 from .layout import Dashboard, StatusLine
 from .options import ViewOptions
+
+MAX_DRAW_SHARE = 0.15  # at most this share of wall time goes to drawing frames
+
+
+class Refresher(threading.Thread):
+    """Redraws a rich ``Live`` when marked dirty, at most ``rate`` times a second.
+
+    After a frame that took ``d`` seconds the next one waits at least
+    ``d / MAX_DRAW_SHARE``: on a slow machine frames get rarer instead of the
+    producer getting slower.
+    """
+
+    def __init__(self, live, rate: float):
+        super().__init__(name="mav-refresh", daemon=True)
+        self.live = live
+        self.min_interval = 1.0 / rate
+        self.dirty = threading.Event()
+        self.stopping = False
+        self.frames = 0
+
+    def mark(self) -> None:
+        self.dirty.set()
+
+    def run(self) -> None:
+        interval = self.min_interval
+        # The producer releases the GIL in every torch op and must win it back quickly:
+        # with the default 5 ms switch interval a drawing thread would make it wait
+        # that long after each op.
+        previous = sys.getswitchinterval()
+        sys.setswitchinterval(0.0002)
+        try:
+            self._loop(interval)
+        finally:
+            sys.setswitchinterval(previous)
+
+    def _loop(self, interval: float) -> None:
+        while not self.stopping:
+            self.dirty.wait(0.25)
+            if self.stopping or not self.dirty.is_set():
+                continue
+            self.dirty.clear()
+            start = time.perf_counter()
+            self.live.refresh()
+            took = time.perf_counter() - start
+            self.frames += 1
+            interval = max(self.min_interval, took / MAX_DRAW_SHARE)
+            time.sleep(max(0.0, interval - took))
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.dirty.set()
+        self.join(timeout=5)
+
 
 HELP = "enter/space: next token  ←/→ or p/n: back/forward  ↑/↓ or [/]: layer  ,/.: head  m: mean of heads  q: quit"
 
@@ -59,16 +116,20 @@ class MainLoopManager:
     def run(self, stream: Iterable) -> list:
         """Live mode: show every item of ``stream`` until it ends or Ctrl-C; returns them."""
         start = time.perf_counter()
-        with Live(self.dashboard, console=self.console, screen=True, auto_refresh=True,
-                  refresh_per_second=self.refresh_rate, redirect_stdout=False, redirect_stderr=False) as live:
+        with Live(self.dashboard, console=self.console, screen=True, auto_refresh=False,
+                  redirect_stdout=False, redirect_stderr=False) as live:
+            self.refresher = refresher = Refresher(live, self.refresh_rate)
+            refresher.start()
             try:
                 for m in stream:
                     self.history.append(m)
                     self.show(m)
-                live.refresh()
+                    refresher.mark()
             except KeyboardInterrupt:
                 self.interrupted = True
             finally:
+                refresher.stop()
+                live.refresh()
                 close = getattr(stream, "close", None)
                 if close:
                     close()
