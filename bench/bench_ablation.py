@@ -34,7 +34,7 @@ def main() -> None:
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--tokens", type=int, default=20)
-    p.add_argument("--threads", type=int, default=1, help="torch threads (0: leave as is)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is, i.e. all cores, as mav serve runs)")
     p.add_argument("--figure", help="instead of timing, draw the IOI circuit figure (matplotlib) to this PNG")
     args = p.parse_args()
     if args.threads:
