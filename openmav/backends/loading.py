@@ -97,6 +97,35 @@ def _quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face endpoint answers a TCP connect (no retries, no long waits)."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False"):
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _from_hub(location: str, dtype: torch.dtype, **kwargs):
+    """Load a hub id: from the local cache if it is there, else from the hub when it can be reached."""
+    try:
+        return _from_pretrained(location, dtype, local_files_only=True, **kwargs)
+    except (OSError, ValueError):
+        pass
+    if not _hub_reachable():
+        raise OSError("it is not in the local Hugging Face cache and the hub cannot be reached")
+    return _from_pretrained(location, dtype, **kwargs)
+
+
 def _from_pretrained(location: str, dtype: torch.dtype, **kwargs):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -127,7 +156,8 @@ def load_model(name: str | None = None, device: str | None = "auto", dtype: str 
     if progress:
         progress(f"loading {src.name}")
     try:
-        model, tokenizer = _from_pretrained(location, torch_dtype, **from_pretrained_kwargs)
+        load = _from_hub if src.kind == "hub" else _from_pretrained
+        model, tokenizer = load(location, torch_dtype, **from_pretrained_kwargs)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if src.kind == "hub":
