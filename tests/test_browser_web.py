@@ -29,8 +29,13 @@ def lm():
 
 
 @pytest.fixture(scope="module")
-def server(lm):
-    with running_server(create_app(lm, max_prompt_tokens=96)) as url:
+def app(lm):
+    return create_app(lm, max_prompt_tokens=96)
+
+
+@pytest.fixture(scope="module")
+def server(app):
+    with running_server(app) as url:
         yield url
 
 
@@ -133,6 +138,33 @@ def test_prompt_heads_heatmaps_details_ablation_study(page, server):
     shown_after = page.locator("#study-result table.after td.prob").all_inner_texts()
     assert shown_after == [f"{100 * t['prob']:.2f}%" for t in job["result"]["after_tokens"][:5]]
     assert page.locator("#study-log").inner_text().count("\n") >= 1  # progress arrived through SSE
+
+
+def test_evaluate_all_heads_is_a_job_with_progress_and_cancel(page, server, app):
+    prompt = IOI + " the"
+    run_prompt(page, prompt)
+    # while the model is held, the evaluation waits in the queue; Cancel stops it there
+    with app.state.gate.hold("test"):
+        page.click("#evaluate")
+        page.wait_for_function("!document.querySelector('#eval-cancel').disabled")
+        assert page.locator("#evaluate").is_disabled()
+        page.click("#eval-cancel")
+        page.wait_for_function("document.querySelector('#eval-status').textContent === 'cancelled'")
+    job = api(server, f"/api/jobs/{page.get_attribute('#eval-map', 'data-job-id')}")
+    assert job["status"] == "cancelled" and job["kind"] == "evaluate"
+    assert page.locator("#eval-map canvas").count() == 0
+    # run it: the heatmap and the sorted bars show the job's result
+    page.click("#evaluate")
+    page.wait_for_selector("#eval-map canvas.heatmap", timeout=60000)
+    job = api(server, f"/api/jobs/{page.get_attribute('#eval-map', 'data-job-id')}")
+    assert job["status"] == "done" and page.locator("#eval-status").inner_text() == "done"
+    assert job["last_event"]["message"].startswith("batch 1/1")
+    assert page.evaluate("document.querySelector('#eval-progress').value") == 1
+    kl = job["result"]["kl"]
+    ranked = sorted(((v, f"L{l} H{h}") for l, row in enumerate(kl) for h, v in enumerate(row)), key=lambda x: -x[0])
+    assert page.locator("#eval-bars .bar-label").all_text_contents() == [name for _, name in ranked]
+    assert page.evaluate("mav.state.evaluation.kl") == kl
+    assert page.locator("#evaluate").is_enabled() and page.locator("#eval-cancel").is_disabled()
 
 
 def test_bad_input_shows_one_line_error(page):

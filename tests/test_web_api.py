@@ -135,7 +135,7 @@ def test_predict_rejects_bad_input(client, body, needle):
 
 def test_openapi_schema_lists_the_api(client):
     paths = client.get("/openapi.json").json()["paths"]
-    for path in ("/api/model", "/api/attention", "/api/predict", "/api/head_scores", "/api/evaluate_heads",
+    for path in ("/api/model", "/api/attention", "/api/predict", "/api/head_scores", "/api/evaluations",
                  "/api/studies", "/api/circuit", "/api/jobs/{job_id}", "/api/jobs/{job_id}/cancel",
                  "/api/jobs/{job_id}/events"):
         assert path in paths
@@ -228,14 +228,73 @@ def wait_job(client, job_id, timeout=120):
     raise AssertionError(f"job {job_id} did not finish")
 
 
-def test_evaluate_heads_equals_single_head_predictions(client):
-    r = client.post("/api/evaluate_heads", json={"prompt": IOI, "kind": "zero"})
-    assert r.status_code == 200
-    kl = np.array(r.json()["kl"])
-    assert kl.shape == (2, 4)
-    for layer, head in [(0, 0), (1, 3)]:
+def test_evaluation_job_equals_library_and_single_head_predictions(lm):
+    from openmav.interventions.evaluate import evaluate_all_heads
+    from openmav.web import tasks
+
+    client = TestClient(create_app(lm, max_prompt_tokens=64, max_jobs=2))
+    tasks.EVALUATE_BATCH, before = 3, tasks.EVALUATE_BATCH  # 8 heads: batches of 3, 3, 2
+    try:
+        r = client.post("/api/evaluations", json={"prompt": IOI, "kind": "zero"})
+        assert r.status_code == 200
+        job_id = r.json()["job_id"]
+        with client.stream("GET", f"/api/jobs/{job_id}/events") as stream:
+            text = "".join(stream.iter_text())
+    finally:
+        tasks.EVALUATE_BATCH = before
+    assert [line for line in text.splitlines() if "batch " in line and "/3" in line]
+    for k in (1, 2, 3):
+        assert f"batch {k}/3" in text
+    state = client.get(f"/api/jobs/{job_id}").json()
+    assert state["status"] == "done" and state["kind"] == "evaluate", state["error"]
+    res = state["result"]
+    ids = lm.tokenizer(IOI, return_tensors="pt").input_ids
+    ref = evaluate_all_heads(lm, ids, kind="zero")
+    np.testing.assert_allclose(np.array(res["kl"]), ref.kl, atol=1e-5)
+    np.testing.assert_allclose(np.array(res["delta_top_prob"]), ref.delta_top_prob, atol=1e-5)
+    assert res["top_id"] == ref.top_id and res["top_label"]
+    kl = np.array(res["kl"])
+    assert kl.shape == (2, 4) and kl.max() > 0
+    for layer, head in [(0, 0), (1, 3)]:  # and against a single-head ablation through /api/predict
         p = client.post("/api/predict", json={"prompt": IOI, "ablations": [{"layer": layer, "head": head}]}).json()
         assert kl[layer, head] == pytest.approx(p["kl"], abs=1e-5)
+    # a second request for the same prompt is a job too, answered from the cache
+    again = wait_job(client, client.post("/api/evaluations", json={"prompt": IOI}).json()["job_id"])
+    assert again["status"] == "done" and again["result"]["kl"] == res["kl"]
+    assert "cached" in again["last_event"]["message"]
+
+
+def test_evaluation_job_can_be_cancelled_and_rejects_bad_input(lm):
+    from openmav.web import tasks
+
+    client = TestClient(create_app(lm, max_prompt_tokens=64, max_jobs=2))
+    assert client.post("/api/evaluations", json={"prompt": ""}).status_code == 422
+    assert client.post("/api/evaluations", json={"prompt": IOI, "kind": "melt"}).status_code == 422
+    gate = client.app.state.gate
+    tasks.EVALUATE_BATCH, before = 1, tasks.EVALUATE_BATCH  # 8 forwards, cancelled after the first
+    try:
+        started = threading.Event()
+        with gate.hold("test"):  # hold the model so the job stays queued until we let it go
+            job_id = client.post("/api/evaluations", json={"prompt": IOI + " her"}).json()["job_id"]
+            job = client.app.state.jobs.jobs[job_id]
+            real = job.progress
+
+            def progress(event):  # cancel as soon as the first batch is reported
+                real(event)
+                if event.get("step") == 1:
+                    job.cancel.set()
+                    started.set()
+            job.progress = progress
+        state = wait_job(client, job_id)
+    finally:
+        tasks.EVALUATE_BATCH = before
+    assert started.is_set()
+    assert state["status"] == "cancelled" and state["result"] is None
+    assert state["last_event"]["step"] == 1 and state["n_events"] == 2  # start, batch 1/8, then nothing
+    assert state["last_event"]["message"].startswith("batch 1/8")
+    # nothing half-done was cached: the next evaluation of that prompt runs every batch
+    again = wait_job(client, client.post("/api/evaluations", json={"prompt": IOI + " her"}).json()["job_id"])
+    assert again["status"] == "done" and again["last_event"]["message"].startswith("batch 1/1")  # 8 heads, 1 batch
 
 
 def test_targeted_study_result_agrees_with_predict(client):

@@ -1,8 +1,8 @@
 """The FastAPI app of the web explorer: a JSON API (with OpenAPI schema) and the page.
 
 ``create_app(lm)`` serves one loaded model.  Every model computation holds one
-FIFO gate (never two forwards at once); studies and circuit discovery are jobs
-run one after another, with progress by polling (``GET /api/jobs/{id}``) or
+FIFO gate (never two forwards at once); evaluating all heads, studies and circuit
+discovery are jobs run one after another, with progress by polling (``GET /api/jobs/{id}``) or
 Server-Sent Events (``GET /api/jobs/{id}/events``).  Bad input answers 422 with
 a message naming the valid range; no request can stop the server.
 """
@@ -24,7 +24,7 @@ from ..errors import InputError, OpenMavError
 from . import schemas as S
 from .jobs import BusyError, JobQueue, ModelGate
 from .service import ExplorerService, _plain
-from .tasks import circuit_job, features, study_job
+from .tasks import circuit_job, evaluate_job, features, study_job
 
 STATIC = resources.files("openmav.web") / "static"
 
@@ -122,16 +122,15 @@ def create_app(lm: LoadedModel, max_prompt_tokens: int = 128, max_jobs: int = 4,
         with held():
             return service.scores()
 
-    @app.post("/api/evaluate_heads")
-    def evaluate_heads(req: S.EvaluateRequest):
-        """The effect of ablating each single head: KL and change of the top token's probability, [layer][head]."""
-        ids = service.encode(req.prompt)
-        with held():
-            return _plain(service.evaluate(ids, req.kind))
-
     def started(job):
         ahead = sum(1 for j in jobs.active() if j.id < job.id)
         return S.JobStarted(job_id=job.id, status=job.status, queued_ahead=ahead)
+
+    @app.post("/api/evaluations", response_model=S.JobStarted)
+    def start_evaluation(req: S.EvaluateRequest):
+        """Start evaluating all heads (each ablated alone: KL and change of the top token's probability,
+        ``[layer][head]``); returns a job id, with one progress event per batched forward."""
+        return started(evaluate_job(service, jobs, req))
 
     @app.post("/api/studies", response_model=S.JobStarted)
     def start_study(req: S.StudyRequest):

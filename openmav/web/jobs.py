@@ -4,7 +4,7 @@
 on the model, a quick request or a whole study, holds it, so two forwards never
 run on the model at once and nobody waits forever behind later arrivals.
 
-:class:`JobQueue` runs long jobs (studies, circuit discovery) one after another
+:class:`JobQueue` runs long jobs (evaluating all heads, studies, circuit discovery) one after another
 on a single worker thread.  Each :class:`Job` keeps its progress events (for
 polling and Server-Sent Events), a cancel flag the job function checks, and its
 result or error.  The number of jobs queued or running is bounded.
@@ -172,7 +172,7 @@ class JobQueue:
                     job._set("running")
                     result = fn(job)
                 job._set("cancelled" if job.cancel.is_set() else "done", result=result)
-            except OpenMavError as exc:
-                job._set("error", error=str(exc))
+            except OpenMavError as exc:  # a library's Cancelled after the cancel event counts as cancelled
+                job._set("cancelled" if job.cancel.is_set() else "error", error=str(exc))
             except Exception as exc:  # the worker must outlive any job
                 job._set("error", error=f"{type(exc).__name__}: {exc}")

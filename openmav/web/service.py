@@ -182,13 +182,23 @@ class ExplorerService:
                 for p, i in zip(top.values, top.indices)]
 
     # ---- whole-model analyses -------------------------------------------------------------
-    def evaluate(self, ids: torch.Tensor, kind: str) -> dict:
+    def cached_evaluation(self, ids: torch.Tensor, kind: str) -> dict | None:
+        """The all-heads evaluation of this prompt and kind if one was computed already, else None."""
+        return self._evaluations.find((tuple(ids[0].tolist()), kind))
+
+    def evaluate(self, ids: torch.Tensor, kind: str, batch_size: int = 32, cancel=None, on_batch=None) -> dict:
+        """Every single-head ablation's effect (``evaluate_all_heads(...).to_dict()``), cached per prompt and kind.
+
+        ``cancel`` and ``on_batch`` go to the library, which raises ``Cancelled`` when
+        ``cancel`` is set before the last batch (nothing is cached then).
+        """
         from ..interventions.evaluate import evaluate_all_heads
 
-        key = (tuple(ids[0].tolist()), kind)
-        found = self._evaluations.find(key)
+        found = self.cached_evaluation(ids, kind)
         if found is None:
-            found = self._evaluations.put(key, evaluate_all_heads(self.lm, ids, kind=kind).to_dict())
+            effects = evaluate_all_heads(self.lm, ids, kind=kind, batch_size=batch_size, cancel=cancel,
+                                         on_batch=on_batch)
+            found = self._evaluations.put((tuple(ids[0].tolist()), kind), effects.to_dict())
         return found
 
     def scores(self) -> dict:

@@ -1,14 +1,16 @@
-"""Long jobs of the explorer: ablation studies and circuit discovery.
+"""Long jobs of the explorer: evaluating all heads, ablation studies and circuit discovery.
 
 Input is checked when the job is submitted (so a bad request answers 422 at once);
 the work itself runs later on the job queue's worker, holding the model gate, with
 the job's ``progress`` callback and ``cancel`` event passed to the library
-(:mod:`openmav.interventions.studies`, :mod:`openmav.interventions.circuit`).
+(:mod:`openmav.interventions.evaluate`, :mod:`openmav.interventions.studies`,
+:mod:`openmav.interventions.circuit`).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import math
 
 from ..errors import InputError
 from . import schemas as S
@@ -27,6 +29,43 @@ def features() -> dict[str, bool]:
     return {"ablation": has("openmav.interventions.ablation"), "evaluate": has("openmav.interventions.evaluate"),
             "studies": has("openmav.interventions.studies"), "circuit": has("openmav.interventions.circuit"),
             "head_scores": has("openmav.analysis.head_scores")}
+
+
+EVALUATE_BATCH = 32  # heads ablated per batched forward when evaluating all heads
+
+
+def evaluate_job(service: ExplorerService, jobs: JobQueue, req: S.EvaluateRequest) -> Job:
+    """Ablate every head alone (batched); one progress event per forward ("batch 3/9"), cancellable.
+
+    The result is ``evaluate_all_heads(...).to_dict()`` (``kl`` and ``delta_top_prob``
+    as ``[layer][head]``) plus the baseline top token's label.  A prompt and kind
+    evaluated before are answered from the service's cache, still as a job.
+    """
+    ids = service.encode(req.prompt)
+    parts = service.parts
+    n_heads = parts.n_layers * parts.n_heads
+    n_batches = math.ceil(n_heads / EVALUATE_BATCH)
+
+    def on_batch(done: int, total: int, job: Job) -> None:
+        step = math.ceil(done / EVALUATE_BATCH)
+        job.progress({"phase": "evaluate", "step": step, "total": n_batches, "heads_done": done,
+                      "heads_total": total, "message": f"batch {step}/{n_batches} · {done}/{total} heads"})
+
+    def run(job: Job) -> dict:
+        if service.cached_evaluation(ids, req.kind) is not None:
+            job.progress({"phase": "evaluate", "step": n_batches, "total": n_batches, "heads_done": n_heads,
+                          "heads_total": n_heads, "message": "already evaluated: the cached result"})
+        else:
+            job.progress({"phase": "evaluate", "step": 0, "total": n_batches, "heads_done": 0,
+                          "heads_total": n_heads,
+                          "message": f"{n_heads} heads in {n_batches} batches of up to {EVALUATE_BATCH}"})
+        found = service.evaluate(ids, req.kind, batch_size=EVALUATE_BATCH, cancel=job.cancel,
+                                 on_batch=lambda done, total: on_batch(done, total, job))
+        out = _plain(found)
+        out["top_label"] = service.label(out["top_id"])
+        return out
+
+    return jobs.submit("evaluate", req.model_dump(), run)
 
 
 def study_job(service: ExplorerService, jobs: JobQueue, req: S.StudyRequest) -> Job:

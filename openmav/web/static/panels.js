@@ -3,14 +3,41 @@
 
 const asHead = (x) => (Array.isArray(x) ? {layer: x[0], head: x[1]} : {layer: x.layer, head: x.head});
 
-// ---- evaluate all heads ----------------------------------------------------------------------------------
+// ---- evaluate all heads (a job: progress per batched forward, cancellable) ----------------------------------
 async function evaluateHeads() {
   if (!S.prompt) return showError("run a prompt first");
   const kind = $("#abl-kind").value === "mean" ? "mean" : "zero";
-  S.evaluation = await api("/api/evaluate_heads", {prompt: S.prompt, kind});
-  const kl = S.evaluation.kl, L = kl.length, H = kl[0].length;
+  const button = $("#evaluate"), status = $("#eval-status"), progress = $("#eval-progress");
+  button.disabled = true;
+  progress.value = 0;
+  let job;
+  try {
+    job = await api("/api/evaluations", {prompt: S.prompt, kind});
+  } catch (err) {
+    button.disabled = false;
+    throw err;
+  }
+  $("#eval-map").dataset.jobId = job.job_id;
+  status.textContent = job.queued_ahead ? `queued behind ${job.queued_ahead} job(s)` : "starting…";
+  const state = await new Promise((resolve) => followJob(job.job_id, {
+    progress, cancel: $("#eval-cancel"),
+    onEvent: (ev) => { status.textContent = describeEvent(ev); },
+    onEnd: resolve, onLost: () => resolve({status: "lost", error: "the progress stream was lost"}),
+  }));
+  button.disabled = false;
+  if (state.status !== "done") {
+    status.textContent = state.status === "cancelled" ? "cancelled" : `${state.status}: ${state.error || ""}`;
+    return;
+  }
+  status.textContent = "done";
+  showEvaluation(state.result, kind);
+}
+
+function showEvaluation(result, kind) {
+  S.evaluation = result;
+  const kl = result.kl, L = kl.length, H = kl[0].length;
   const box = $("#eval-map");
-  box.replaceChildren(el("h3", {text: `KL when one head is ablated (${kind})`}));
+  box.replaceChildren(el("h3", {text: `KL when one head is ablated (${kind}; baseline top “${result.top_label}”)`}));
   const vmax = Math.max(1e-9, ...kl.flat());
   new Heatmap(box, {
     rows: [...Array(L).keys()].map((l) => `L${l}`), cols: [...Array(H).keys()].map((h) => `H${h}`), values: kl,
@@ -19,7 +46,7 @@ async function evaluateHeads() {
   });
   const ranked = [];
   kl.forEach((row, l) => row.forEach((v, h) => ranked.push({layer: l, head: h, kl: v,
-    dp: S.evaluation.delta_top_prob ? S.evaluation.delta_top_prob[l][h] : null})));
+    dp: result.delta_top_prob ? result.delta_top_prob[l][h] : null})));
   ranked.sort((a, b) => b.kl - a.kl);
   $("#eval-bars").replaceChildren(el("h3", {text: "Heads sorted by KL (top 20)"}),
     barChart(ranked.slice(0, 20).map((r) => ({label: `L${r.layer} H${r.head}`, value: r.kl,
@@ -57,8 +84,8 @@ function barChart(items, width = 320) {
   return svg;
 }
 
-// ---- jobs: studies and circuits ---------------------------------------------------------------------------
-function followJob(jobId, {progress, log, cancel, onEvent, onEnd}) {
+// ---- jobs: evaluation, studies and circuits -----------------------------------------------------------------
+function followJob(jobId, {progress, log, cancel, onEvent, onEnd, onLost}) {
   const source = new EventSource(`/api/jobs/${jobId}/events`);
   cancel.disabled = false;
   cancel.onclick = () => api(`/api/jobs/${jobId}/cancel`, {});
@@ -77,7 +104,7 @@ function followJob(jobId, {progress, log, cancel, onEvent, onEnd}) {
     if (job.status === "error") showError(job.error);
     onEnd(job);
   });
-  source.onerror = () => { source.close(); cancel.disabled = true; };
+  source.onerror = () => { source.close(); cancel.disabled = true; if (onLost) onLost(); };
 }
 
 function describeEvent(ev) {
