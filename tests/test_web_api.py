@@ -292,6 +292,14 @@ def test_evaluation_job_can_be_cancelled_and_rejects_bad_input(lm):
     assert state["status"] == "cancelled" and state["result"] is None
     assert state["last_event"]["step"] == 1 and state["n_events"] == 2  # start, batch 1/8, then nothing
     assert state["last_event"]["message"].startswith("batch 1/8")
+    # cancelled while it waits for the model (the worker already took it from the queue): it never runs
+    with gate.hold("test"):
+        job_id = client.post("/api/evaluations", json={"prompt": IOI + " him"}).json()["job_id"]
+        time.sleep(0.3)  # the worker is now blocked on the gate with this job
+        assert client.post(f"/api/jobs/{job_id}/cancel").json()["status"] == "cancelled"
+    time.sleep(0.3)
+    waited = client.get(f"/api/jobs/{job_id}").json()
+    assert waited["status"] == "cancelled" and waited["n_events"] == 0
     # nothing half-done was cached: the next evaluation of that prompt runs every batch
     again = wait_job(client, client.post("/api/evaluations", json={"prompt": IOI + " her"}).json()["job_id"])
     assert again["status"] == "done" and again["last_event"]["message"].startswith("batch 1/1")  # 8 heads, 1 batch

@@ -159,8 +159,19 @@ class JobQueue:
 
     def cancel(self, job: Job) -> None:
         job.cancel.set()
-        if job.status == "queued":
-            job._set("cancelled")
+        with job.changed:  # atomic against the worker starting it (the condition's lock is reentrant)
+            if job.status == "queued":
+                job._set("cancelled")
+
+    def _start(self, job: Job) -> bool:
+        """Mark ``job`` running unless it was cancelled while it waited for the gate."""
+        with job.changed:
+            if job.finished or job.cancel.is_set():
+                if not job.finished:
+                    job._set("cancelled")
+                return False
+            job._set("running")
+            return True
 
     def _run(self) -> None:
         while True:
@@ -169,7 +180,8 @@ class JobQueue:
                 continue
             try:
                 with self.gate.hold(f"{job.kind} job {job.id}"):
-                    job._set("running")
+                    if not self._start(job):  # cancelled while it waited for the model
+                        continue
                     result = fn(job)
                 job._set("cancelled" if job.cancel.is_set() else "done", result=result)
             except OpenMavError as exc:  # a library's Cancelled after the cancel event counts as cancelled
