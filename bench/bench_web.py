@@ -42,7 +42,11 @@ def api_figures(url: str) -> None:
         pred = timed(lambda: http.post("/api/predict", json={"prompt": IOI, "ablations": [{"layer": 9, "head": 1}],
                                                               "position": 7}))
         t0 = time.perf_counter()
-        http.post("/api/evaluate_heads", json={"prompt": IOI + " her", "kind": "zero"}).raise_for_status()
+        job = http.post("/api/evaluations", json={"prompt": IOI + " her", "kind": "zero"})
+        job.raise_for_status()
+        job_id = job.json()["job_id"]
+        while http.get(f"/api/jobs/{job_id}").json()["status"] not in ("done", "error", "cancelled"):
+            time.sleep(0.05)
         ev = (time.perf_counter() - t0) * 1000
         print(f"attention (cached prompt) {att:.1f} ms, predict with an ablation {pred:.1f} ms (median of 3); "
               f"evaluate all 270 heads (first call) {ev:.0f} ms")
