@@ -171,3 +171,14 @@ def test_hooks_removed_when_consumer_stops_or_raises(tiny):
         for r in generate_steps(lm, PROMPT, 10):
             1 / 0
     assert hook_count(lm) == before
+
+
+def test_lens_in_background_gives_the_same_records(tiny):
+    lm = tiny("llama")
+    inline = list(generate_steps(lm, PROMPT, 5, capture=CaptureConfig(lens_in_background=False), stop_at_eos=False))
+    overlap = list(generate_steps(lm, PROMPT, 5, capture=CaptureConfig(lens_in_background=True), stop_at_eos=False))
+    assert [r.token.id for r in inline] == [r.token.id for r in overlap]
+    for a, b in zip(inline, overlap):
+        assert a.lens_ids.tolist() == b.lens_ids.tolist()
+        np.testing.assert_allclose(a.lens_probs, b.lens_probs, atol=1e-6)
+        np.testing.assert_array_equal(a.attention, b.attention)

@@ -8,6 +8,8 @@ need eager attention, which is switched on only when attention is captured.
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -32,6 +34,7 @@ class CaptureConfig:
     logit_lens: bool = True
     lens_top_k: int = 5
     top_k: int = 20
+    lens_in_background: bool = True  # overlap the lens of token t with the forward of token t + 1
 
 
 def token_texts(lm: LoadedModel) -> TokenTexts:
@@ -105,6 +108,11 @@ def generate_steps(lm: LoadedModel, prompt: str | None = None, max_new_tokens: i
 
     Pass ``prompt`` (text) or ``input_ids`` (``[1, P]``).  Hooks are attached only for
     the duration of the generator and removed on exit, error or abandonment.
+
+    With the logit lens on (and ``capture.lens_in_background``), the lens of token
+    ``t`` is computed on a worker thread while the forward of token ``t + 1`` runs,
+    so record ``t`` is yielded once that forward is done: the numbers are the same,
+    they arrive one forward later.
     """
     from transformers import DynamicCache
 
@@ -123,7 +131,9 @@ def generate_steps(lm: LoadedModel, prompt: str | None = None, max_new_tokens: i
     ids = input_ids
     cache = DynamicCache(config=model.config)
     impl = "eager" if capture.attention else None
-    with torch.inference_mode(), attention_implementation(model, impl), \
+    pool = ThreadPoolExecutor(1, thread_name_prefix="openmav-lens") \
+        if capture.logit_lens and capture.lens_in_background else None
+    with torch.inference_mode(), attention_implementation(model, impl), _shutdown(pool), \
             CaptureHooks(parts, attention=capture.attention) as hooks:
         hooks.full_pattern = capture.attention and capture.prompt_attention
         start = time.perf_counter()
@@ -141,11 +151,32 @@ def generate_steps(lm: LoadedModel, prompt: str | None = None, max_new_tokens: i
             ids = torch.cat([ids, ids.new_tensor([[token_id]])], dim=1)
             tokens.append(texts.get(token_id))
             record.elapsed_ms = (time.perf_counter() - start) * 1000
-            yield record
-            if finished and (stop_at_eos or step == max_new_tokens - 1):
-                return
+            last = finished and (stop_at_eos or step == max_new_tokens - 1)
+            background = pool is not None and not last
+            if capture.logit_lens:
+                resid = hooks.stacked("resid")[:, 0]  # a new tensor: the hooks' slots are refilled next step
+                if background:
+                    lens = pool.submit(_lens_top, lm, resid, capture.lens_top_k)
+                else:
+                    _fill_lens(lm, record, _lens_top(lm, resid, capture.lens_top_k))
+            if not background:
+                yield record
+                if last:
+                    return
             start = time.perf_counter()
             logits = model(input_ids=ids[:, -1:], past_key_values=cache, use_cache=True).logits[0, -1]
+            if background:
+                _fill_lens(lm, record, lens)  # computed while the forward above ran
+                yield record
+
+
+@contextmanager
+def _shutdown(pool):
+    try:
+        yield
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _eos_ids(lm: LoadedModel) -> list[int]:
@@ -186,10 +217,20 @@ def _build_record(lm, hooks: CaptureHooks, capture: CaptureConfig, raw: torch.Te
         att = align_rows(rows, seq)  # [L, H, S]
         record.attention = _np(att)
         record.attention_entropy = _np(entropy(att.float()))
-    if capture.logit_lens:
-        lens = torch.softmax(logit_lens(lm, resid).float(), -1)
-        top_lens = torch.topk(lens, capture.lens_top_k)
-        record.lens_ids = top_lens.indices.cpu().numpy()
-        record.lens_probs = _np(top_lens.values)
-        record.lens_tokens = tuple(tuple(texts.many(row)) for row in record.lens_ids)
     return record
+
+
+def _lens_top(lm, resid: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``k`` ids and probabilities of the logit lens of each row of ``resid [L, d]``."""
+    with torch.inference_mode():  # inference mode is per thread
+        logits = logit_lens(lm, resid).float()
+        top = torch.topk(logits, k)
+        probs = torch.exp(top.values - torch.logsumexp(logits, -1, keepdim=True))
+        return top.indices, probs
+
+
+def _fill_lens(lm, record: StepRecord, lens) -> None:
+    ids, probs = lens.result() if isinstance(lens, Future) else lens
+    record.lens_ids = ids.cpu().numpy()
+    record.lens_probs = _np(probs)
+    record.lens_tokens = tuple(tuple(token_texts(lm).many(row)) for row in record.lens_ids)

@@ -86,7 +86,10 @@ def collect(lm: LoadedModel, input_ids: torch.Tensor, prompt: str, max_new_token
 
 
 def _collect(lm, input_ids, prompt, max_new_tokens, sampling, on_step) -> MapsData:
-    capture = CaptureConfig(attention=True, prompt_attention=False, logit_lens=True, lens_top_k=LENS_K, top_k=LENS_K)
+    # lens_in_background=False: the first record must arrive right after the prefill, while the
+    # hooks below still hold the prefill's residuals of every prompt position.
+    capture = CaptureConfig(attention=True, prompt_attention=False, logit_lens=True, lens_top_k=LENS_K, top_k=LENS_K,
+                            lens_in_background=False)
     texts = token_texts(lm)
     parts = lm.parts
     prompt_len = int(input_ids.shape[1])
