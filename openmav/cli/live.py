@@ -58,7 +58,7 @@ def positive_float(text: str) -> float:
 def add_view_flags(p: argparse.ArgumentParser) -> None:
     """Flags about drawing, shared by ``mav`` and ``mav replay``."""
     p.add_argument("--refresh-rate", type=positive_float, default=10.0,
-                   help="at most this many redraws per second (default 10); never slows generation")
+                   help="at most this many redraws per second (default 10); drawing is capped at 15%% of the time")
     p.add_argument("--interactive", action="store_true",
                    help="one token per Enter/space; ←/→ browse tokens; ↑/↓ layer, ,/. head, m mean; q quits")
     p.add_argument("--scale", choices=("linear", "log", "minmax"), default="linear",
@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(
         prog="mav", description="Watch a language model think: a live view of each generated token "
         "(top predictions, per-layer MLP output, attention entropy, logit lens, attention).",
-        epilog="subcommands: mav replay FILE (show a --record trace again), mav maps, mav compare, mav serve")
+        epilog="subcommands (each with --help): mav replay FILE (show a --record trace again), mav maps (logit-lens attention maps), mav compare (attention statistics and plots across prompts), mav serve (web explorer: heads, ablation, circuits)")
     p.add_argument("--version", action="version", version=f"openmav {__version__}")
     p.add_argument("--model", default=None,
                    help="bundled name (smollm2-135m, gemma3-270m), .gguf file, model folder or hub id "
