@@ -53,7 +53,7 @@ class Dashboard:
     """The whole screen: the panel grid and a status line.
 
     ``show(measurements)`` only stores a reference; the panels are updated when
-    the screen is next drawn (in rich's refresh thread), so every panel of one
+    the screen is next drawn (in the Refresher thread), so every panel of one
     frame shows the same token and the producer never waits for drawing.
     """
 
