@@ -96,11 +96,13 @@ def test_lens_labels_match_hand_lens(run):
 def test_png_size_rows_and_colours(run):
     from PIL import Image
 
-    from openmav.maps.compose import FINAL_ROW_GREY
+    from openmav.maps.compose import FINAL_ROW_GREY, LEVELS
     from openmav.maps.render import Layout, colormap_lut
 
     lm, result, side = run
     lay, lut = Layout(n_rows=side["n_layers"] + 1), colormap_lut("viridis")
+    # the colour of value v: the colour map at v rounded to one of LEVELS steps
+    colour = lambda v: lut[int(np.rint(np.rint(v * (LEVELS - 1)) * 255 / (LEVELS - 1)))]  # noqa: E731
     files = sorted(os.listdir(result.output_dir))
     expected = [im["file"] for s in side["steps"] for im in s["images"]]
     assert sorted(expected) == sorted(f for f in files if f.endswith(".png")) == sorted(result.images)
@@ -118,7 +120,7 @@ def test_png_size_rows_and_colours(run):
                     x = lay.left + c * lay.cell_w + 4 if k != step["query_position"] else None
                     if x is None:
                         continue
-                    want = lut[int(np.rint(att[r, k] * 255))] if r < lay.n_rows - 1 else [FINAL_ROW_GREY] * 3
+                    want = colour(att[r, k]) if r < lay.n_rows - 1 else [FINAL_ROW_GREY] * 3
                     assert np.abs(img[y, x].astype(int) - want).max() <= 1, (im["file"], r, k)
             below = img[lay.top + lay.grid_h + 1, lay.left + 4]
             assert (below == 255).all()  # no further row under the output row

@@ -84,9 +84,12 @@ def _covered() -> frozenset[int]:
 
 
 def drawable(text: str) -> str:
-    """``text`` with control characters and characters no available font has replaced by ``□``."""
+    """``text`` with control characters and characters no available font has replaced by ``□``.
+
+    Spaces and line breaks (a two-line title) are kept.
+    """
     covered = _covered()
-    return "".join(ch if ch == " " or (ord(ch) in covered and unicodedata.category(ch) not in ("Cc", "Cf"))
+    return "".join(ch if ch in " \n" or (ord(ch) in covered and unicodedata.category(ch) not in ("Cc", "Cf"))
                    else MISSING_GLYPH for ch in text)
 
 
