@@ -328,3 +328,24 @@ def test_study_rejects_bad_target(client):
     assert r.status_code == 422 and "0-399" in r.json()["detail"]
     r = client.post("/api/studies", json={"prompt": IOI, "mode": "targeted"})
     assert r.status_code == 422 and "target_id" in r.json()["detail"]
+
+
+def test_evaluation_and_study_take_every_ablation_kind(client, lm):
+    """kind, factor and threshold reach the library: scale by 0.5 differs from zero and equals a direct call."""
+    from openmav.interventions.evaluate import evaluate_all_heads
+
+    ids = lm.tokenizer(IOI, return_tensors="pt").input_ids
+    results = {}
+    for shape in ({"kind": "scale", "factor": 0.5}, {"kind": "zero"}):
+        r = client.post("/api/evaluations", json={"prompt": IOI, **shape})
+        assert r.status_code == 200, r.text
+        results[shape["kind"]] = wait_job(client, r.json()["job_id"])["result"]
+    direct = evaluate_all_heads(lm, ids, kind="scale", factor=0.5)
+    np.testing.assert_allclose(np.array(results["scale"]["kl"]), direct.kl, atol=1e-5)
+    assert not np.allclose(np.array(results["scale"]["kl"]), np.array(results["zero"]["kl"]))
+    r = client.post("/api/studies", json={"prompt": IOI, "mode": "generic", "max_heads": 2, "candidates": 4,
+                                          "kind": "sparsify", "threshold": 0.05})
+    assert r.status_code == 200, r.text
+    assert wait_job(client, r.json()["job_id"])["status"] == "done"
+    bad = client.post("/api/studies", json={"prompt": IOI, "kind": "sparsify", "threshold": -1})
+    assert bad.status_code == 422

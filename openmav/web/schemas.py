@@ -92,16 +92,23 @@ class PredictResponse(BaseModel):
     n_ablations: int
 
 
-class EvaluateRequest(PromptRequest):
+class AblationShape(BaseModel):
+    """How every ablation of an evaluation or a study is done (as in :class:`Ablation`)."""
+
     kind: AblationKind = "zero"
+    factor: float = Field(0.0, description="scale: the head's output is multiplied by this")
+    threshold: float = Field(0.0, ge=0, description="sparsify: entries with |x| below this become 0")
 
 
-class StudyRequest(PromptRequest):
+class EvaluateRequest(PromptRequest, AblationShape):
+    pass
+
+
+class StudyRequest(PromptRequest, AblationShape):
     mode: Literal["generic", "targeted"] = "generic"
     target_id: Optional[int] = Field(None, ge=0, description="targeted: the token to make the most likely")
     max_heads: int = Field(5, ge=1, le=20)
     candidates: int = Field(20, ge=1, le=200)
-    kind: AblationKind = "zero"
 
 
 class CircuitRequest(PromptRequest):

@@ -182,11 +182,12 @@ class ExplorerService:
                 for p, i in zip(top.values, top.indices)]
 
     # ---- whole-model analyses -------------------------------------------------------------
-    def cached_evaluation(self, ids: torch.Tensor, kind: str) -> dict | None:
-        """The all-heads evaluation of this prompt and kind if one was computed already, else None."""
-        return self._evaluations.find((tuple(ids[0].tolist()), kind))
+    def cached_evaluation(self, ids: torch.Tensor, kind: str, factor: float = 0.0, threshold: float = 0.0) -> dict | None:
+        """The all-heads evaluation of this prompt and ablation if one was computed already, else None."""
+        return self._evaluations.find((tuple(ids[0].tolist()), kind, factor, threshold))
 
-    def evaluate(self, ids: torch.Tensor, kind: str, batch_size: int = 32, cancel=None, on_batch=None) -> dict:
+    def evaluate(self, ids: torch.Tensor, kind: str, batch_size: int = 32, cancel=None, on_batch=None,
+                 factor: float = 0.0, threshold: float = 0.0) -> dict:
         """Every single-head ablation's effect (``evaluate_all_heads(...).to_dict()``), cached per prompt and kind.
 
         ``cancel`` and ``on_batch`` go to the library, which raises ``Cancelled`` when
@@ -194,11 +195,11 @@ class ExplorerService:
         """
         from ..interventions.evaluate import evaluate_all_heads
 
-        found = self.cached_evaluation(ids, kind)
+        found = self.cached_evaluation(ids, kind, factor, threshold)
         if found is None:
             effects = evaluate_all_heads(self.lm, ids, kind=kind, batch_size=batch_size, cancel=cancel,
-                                         on_batch=on_batch)
-            found = self._evaluations.put((tuple(ids[0].tolist()), kind), effects.to_dict())
+                                         on_batch=on_batch, factor=factor, threshold=threshold)
+            found = self._evaluations.put((tuple(ids[0].tolist()), kind, factor, threshold), effects.to_dict())
         return found
 
     def scores(self) -> dict:

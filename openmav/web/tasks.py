@@ -52,7 +52,7 @@ def evaluate_job(service: ExplorerService, jobs: JobQueue, req: S.EvaluateReques
                       "heads_total": total, "message": f"batch {step}/{n_batches} · {done}/{total} heads"})
 
     def run(job: Job) -> dict:
-        if service.cached_evaluation(ids, req.kind) is not None:
+        if service.cached_evaluation(ids, req.kind, req.factor, req.threshold) is not None:
             job.progress({"phase": "evaluate", "step": n_batches, "total": n_batches, "heads_done": n_heads,
                           "heads_total": n_heads, "message": "already evaluated: the cached result"})
         else:
@@ -60,7 +60,8 @@ def evaluate_job(service: ExplorerService, jobs: JobQueue, req: S.EvaluateReques
                           "heads_total": n_heads,
                           "message": f"{n_heads} heads in {n_batches} batches of up to {EVALUATE_BATCH}"})
         found = service.evaluate(ids, req.kind, batch_size=EVALUATE_BATCH, cancel=job.cancel,
-                                 on_batch=lambda done, total: on_batch(done, total, job))
+                                 on_batch=lambda done, total: on_batch(done, total, job),
+                                 factor=req.factor, threshold=req.threshold)
         out = _plain(found)
         out["top_label"] = service.label(out["top_id"])
         return out
@@ -79,8 +80,8 @@ def study_job(service: ExplorerService, jobs: JobQueue, req: S.StudyRequest) -> 
     params = req.model_dump()
 
     def run(job: Job) -> dict:
-        common = dict(max_heads=req.max_heads, candidates=req.candidates, kind=req.kind,
-                      progress=job.progress, cancel=job.cancel)
+        common = dict(max_heads=req.max_heads, candidates=req.candidates, kind=req.kind, factor=req.factor,
+                      threshold=req.threshold, progress=job.progress, cancel=job.cancel)
         if req.mode == "targeted":
             result = studies.targeted_study(service.lm, ids, req.target_id, **common)
         else:

@@ -3,16 +3,22 @@
 
 const asHead = (x) => (Array.isArray(x) ? {layer: x[0], head: x[1]} : {layer: x.layer, head: x.head});
 
+// The ablation panel's kind, factor and threshold: evaluations and studies ablate heads the same way.
+function ablationShape() {
+  return {kind: $("#abl-kind").value, factor: +$("#abl-factor").value || 0,
+          threshold: Math.max(0, +$("#abl-threshold").value || 0)};
+}
+
 // ---- evaluate all heads (a job: progress per batched forward, cancellable) ----------------------------------
 async function evaluateHeads() {
   if (!S.prompt) return showError("run a prompt first");
-  const kind = $("#abl-kind").value === "mean" ? "mean" : "zero";
+  const shape = ablationShape(), kind = shape.kind;
   const button = $("#evaluate"), status = $("#eval-status"), progress = $("#eval-progress");
   button.disabled = true;
   progress.value = 0;
   let job;
   try {
-    job = await api("/api/evaluations", {prompt: S.prompt, kind});
+    job = await api("/api/evaluations", {prompt: S.prompt, ...shape});
   } catch (err) {
     button.disabled = false;
     throw err;
@@ -118,7 +124,7 @@ async function startStudy() {
   if (!S.prompt) return showError("run a prompt first");
   const mode = $("#study-mode").value;
   const body = {prompt: S.prompt, mode, max_heads: +$("#study-max").value, candidates: +$("#study-candidates").value,
-    kind: $("#abl-kind").value === "mean" ? "mean" : "zero"};
+    ...ablationShape()};
   if (mode === "targeted") body.target_id = +$("#study-target").value;
   $("#study-log").textContent = "";
   $("#study-result").replaceChildren(el("p", {class: "hint", text: "running…"}));
@@ -159,8 +165,7 @@ async function viewHeads(heads) {
 }
 
 async function ablateHeads(heads) {
-  S.ablated = heads.map((h) => ({layer: h.layer, head: h.head, kind: $("#abl-kind").value === "mean" ? "mean" : "zero",
-    factor: 0, threshold: 0, positions: null}));
+  S.ablated = heads.map((h) => ({layer: h.layer, head: h.head, ...ablationShape(), positions: null}));
   renderAblations();
   await updatePrediction();
 }
