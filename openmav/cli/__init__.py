@@ -16,6 +16,8 @@ SUBCOMMANDS = {
     "compare": "openmav.cli.compare",
     "serve": "openmav.cli.serve",
     "replay": "openmav.cli.replay",
+    "models": "openmav.cli.models",
+    "cache": "openmav.cli.cache",
 }
 LIVE = "openmav.cli.live"
 
