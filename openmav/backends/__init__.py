@@ -5,7 +5,8 @@
 tokenizer)`` wraps objects the caller already has.
 """
 
-from .adapters import ADAPTERS, FamilyAdapter, ModelParts, adapter_for_config
+from .adapters import ADAPTERS, FamilyAdapter, adapter_for_config
+from .parts import ModelParts
 from .loading import LoadedModel, load_model, resolve_device, wrap_model
 from .sources import BUNDLED, cache_dir, default_model_name, resolve_source
 

@@ -9,7 +9,8 @@ from typing import Callable
 import torch
 
 from ..errors import DeviceError, InputError, ModelSourceError, UnsupportedModelError
-from .adapters import ModelParts
+from .adapters import declared_adapter
+from .parts import ModelParts
 from .sources import ResolvedSource, convert_gguf, resolve_source
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -75,14 +76,53 @@ def _prepare_tokenizer(tokenizer) -> None:
         tokenizer.pad_token = tokenizer.eos_token
 
 
+def find_parts(model, verify: bool = True) -> ModelParts:
+    """The parts of ``model``: its family's declared row, else a row inferred from the module tree.
+
+    Either way the row is checked on the model itself (:func:`openmav.backends.verify.verify_parts`)
+    unless ``verify`` is false; a declared row that fails (a variant of the family) falls
+    back to inference.  One line names what failed when neither passes.
+    """
+    from .infer import infer_adapter
+    from .verify import verify_parts
+
+    config = model.config
+    model_type = getattr(config, "model_type", None)
+    declared = declared_adapter(model_type, getattr(model, "base_model_prefix", None))
+    failures = []
+    if declared is not None:
+        try:
+            parts = ModelParts.resolve(model, declared)
+            if verify:
+                verify_parts(model, parts)
+            return parts
+        except UnsupportedModelError as exc:
+            failures.append(f"declared adapter {declared.name}: {exc}")
+    try:
+        parts = ModelParts.resolve(model, infer_adapter(model), inferred=True)
+        verify_parts(model, parts)
+        return parts
+    except UnsupportedModelError as exc:
+        failures.append(f"inferred adapter: {exc}")
+    raise UnsupportedModelError(f"{type(model).__name__} ({model_type}) cannot be read safely: "
+                                f"{'; '.join(failures)}. Try --dtype float32, or report the model type")
+
+
 def wrap_model(model, tokenizer, name: str = "model", device: str | torch.device | None = None,
-               source: str = "object") -> LoadedModel:
-    """Wrap a model and tokenizer the caller already has (training loops, notebooks)."""
+               source: str = "object", verify: bool = True) -> LoadedModel:
+    """Wrap a model and tokenizer the caller already has (training loops, notebooks).
+
+    The model's parts are found and verified (:func:`find_parts`) before anything is captured.
+    """
     if model is None or tokenizer is None:
         raise InputError("both a model object and a tokenizer object are needed")
     if not hasattr(model, "config"):
         raise UnsupportedModelError(f"{type(model).__name__} has no .config: not a transformers model")
-    parts = ModelParts.resolve(model)
+    if model.get_output_embeddings() is None if hasattr(model, "get_output_embeddings") else True:
+        raise UnsupportedModelError(f"{type(model).__name__} has no language-model head: these views need a causal "
+                                    "LM (AutoModelForCausalLM); for encoders use the extraction API "
+                                    "(openmav.analysis.AttentionExtractor)")
+    parts = find_parts(model, verify=verify)
     dev = next(model.parameters()).device if device is None else resolve_device(str(device))
     if device is not None and dev != next(model.parameters()).device:
         model.to(dev)

@@ -7,7 +7,8 @@ context raises :class:`~openmav.errors.OutsideContextError` at once.
 Standard capture names (``b`` batch, ``p`` position, ``h`` head, ``q``/``k`` query/key, ``d`` model width):
 
 - ``blocks.{l}.attn.pattern``   ``[b, h, q, k]``   eager attention probabilities
-- ``blocks.{l}.attn.out``       ``[b, p, d]``      what the attention block adds to the residual
+- ``blocks.{l}.attn.out``       ``[b, p, d]``      what the attention block (or a hybrid's mixer) adds to the
+  residual, times the model's residual multiplier
 - ``blocks.{l}.mlp.out``        ``[b, p, d]``      what the MLP block adds to the residual
 - ``blocks.{l}.resid_post``     ``[b, p, d]``      the residual stream after block ``l``
 """
@@ -18,7 +19,7 @@ from contextlib import contextmanager
 
 import torch
 
-from ..backends.adapters import ModelParts
+from ..backends.parts import ModelParts
 from ..errors import OutsideContextError
 
 
@@ -61,31 +62,34 @@ class CaptureHooks:
         self._handles: list = []
         self._active = False
 
-    def _keep(self, tensor: torch.Tensor) -> torch.Tensor:
-        return tensor[:, -1] if self.last_only else tensor
+    def _keep(self, tensor: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        # a copy: some blocks add to a sub-block's output in place after it returned (Falcon)
+        kept = tensor[:, -1] if self.last_only else tensor
+        return kept * scale if scale != 1.0 else kept.clone()
 
-    def _store(self, slot: list, layer: int, attn_pattern: bool = False):
+    def _store(self, slot: list, layer: int, attn_pattern: bool = False, scale: float = 1.0):
         def hook(module, args, output):
             if attn_pattern:
                 weights = output[1] if isinstance(output, (tuple, list)) and len(output) > 1 else None
                 if weights is not None:
                     slot[layer] = weights if (self.full_pattern or not self.last_only) else weights[:, :, -1]
             else:
-                slot[layer] = self._keep(_first(output))
+                first = _first(output)
+                if isinstance(first, torch.Tensor):
+                    slot[layer] = self._keep(first, scale)
 
         return hook
 
     def __enter__(self) -> "CaptureHooks":
         p = self.parts
+        s = p.residual_scale
         try:
             for i in range(p.n_layers):
                 self._handles.append(p.blocks[i].register_forward_hook(self._store(self.resid, i)))
-                self._handles.append(p.mlp_out[i].register_forward_hook(self._store(self.mlp_out, i)))
-                if p.attn_out[i] is p.attn[i]:
-                    self._handles.append(p.attn[i].register_forward_hook(self._store(self.attn_out, i)))
-                else:
-                    self._handles.append(p.attn_out[i].register_forward_hook(self._store(self.attn_out, i)))
-                if self.want_attention:
+                if p.mlp_out[i] is not None:
+                    self._handles.append(p.mlp_out[i].register_forward_hook(self._store(self.mlp_out, i, scale=s)))
+                self._handles.append(p.attn_out[i].register_forward_hook(self._store(self.attn_out, i, scale=s)))
+                if self.want_attention and p.attn[i] is not None:
                     self._handles.append(p.attn[i].register_forward_hook(self._store(self.pattern, i, True)))
         except BaseException:
             self._remove()
@@ -107,9 +111,18 @@ class CaptureHooks:
             raise OutsideContextError(f"CaptureHooks.{name} is only valid inside `with CaptureHooks(...)`")
 
     def stacked(self, name: str) -> torch.Tensor:
-        """One capture stacked over layers: ``resid``, ``attn_out``, ``mlp_out`` or ``pattern``."""
+        """One capture stacked over layers: ``resid``, ``attn_out`` or ``mlp_out``.
+
+        A layer without an MLP (a state-space block) contributes zeros to ``mlp_out``.
+        Attention patterns exist only for attention layers: read ``pattern`` directly.
+        """
         self._check(name)
         items = getattr(self, name)
+        if name == "mlp_out":
+            like = next((t for t in items if t is not None), None)
+            ref = self.resid[0] if like is None else like
+            items = [torch.zeros_like(ref) if t is None and self.parts.mlp_out[i] is None else t
+                     for i, t in enumerate(items)]
         if any(t is None for t in items):
             missing = [i for i, t in enumerate(items) if t is None]
             raise RuntimeError(f"capture {name!r} is missing for layers {missing[:5]}; "

@@ -68,12 +68,7 @@ def logit_lens(lm: LoadedModel, resid: torch.Tensor) -> torch.Tensor:
     final logit soft-capping is applied when the model has it, so the last layer's
     lens equals the model's own logits.
     """
-    parts = lm.parts
-    logits = parts.unembed(parts.final_norm(resid))
-    cap = parts.final_logit_softcap
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits
+    return lm.parts.lens(resid)
 
 
 def align_rows(rows: list[torch.Tensor], seq: int) -> torch.Tensor:
@@ -130,7 +125,7 @@ def generate_steps(lm: LoadedModel, prompt: str | None = None, max_new_tokens: i
     prompt_len = input_ids.shape[1]
     ids = input_ids
     cache = DynamicCache(config=model.config)
-    impl = "eager" if capture.attention else None
+    impl = "eager" if capture.attention and parts.has_attention else None
     pool = ThreadPoolExecutor(1, thread_name_prefix="openmav-lens") \
         if capture.logit_lens and capture.lens_in_background else None
     with torch.inference_mode(), attention_implementation(model, impl), _shutdown(pool), \
@@ -207,16 +202,23 @@ def _build_record(lm, hooks: CaptureHooks, capture: CaptureConfig, raw: torch.Te
         attn_norms=_np(l2_norm(attn_out)), mlp_norms=_np(l2_norm(mlp_out)),
         mlp_max_abs=_np(max_abs(mlp_out)), residual_norms=_np(l2_norm(resid)), sampled=sampled,
     )
-    if capture.attention:
+    if capture.attention and lm.parts.has_attention:
+        # layers without attention (a hybrid's state-space or linear-attention layers) get zero rows
+        # and NaN entropy; ``lm.parts.attention_layers`` says which layers have attention
+        H = lm.parts.n_heads
         if step == 0 and capture.prompt_attention:
-            full = [p[0] for p in hooks.pattern]  # [H, P, P]: the prefill sees every prompt key
-            record.prompt_attention = _np(torch.stack(full))
+            full = [p[0] if p is not None else raw.new_zeros((H, seq, seq)) for p in hooks.pattern]
+            record.prompt_attention = _np(torch.stack(full))  # [L, H, P, P]: the prefill sees every prompt key
             rows = [f[:, -1] for f in full]
         else:
-            rows = [p[0] for p in hooks.pattern]
+            rows = [p[0] if p is not None else raw.new_zeros((H, 1)) for p in hooks.pattern]
         att = align_rows(rows, seq)  # [L, H, S]
         record.attention = _np(att)
-        record.attention_entropy = _np(entropy(att.float()))
+        ent = entropy(att.float())
+        missing = [i for i, p in enumerate(hooks.pattern) if p is None]
+        if missing:
+            ent[missing] = float("nan")
+        record.attention_entropy = _np(ent)
     return record
 
 

@@ -1,0 +1,219 @@
+"""The modules an adapter names, resolved on one model instance (:class:`ModelParts`).
+
+Everything the capture engine, the interventions and the analyses touch on a model
+goes through these parts: per-layer tuples (``None`` where a layer has no such part,
+e.g. no attention in a state-space layer of a hybrid), head counts, and the logit
+lens (:meth:`ModelParts.lens`) that applies the final norm, the unembedding and the
+model's own logit transform (scale, soft-cap).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import UnsupportedModelError
+from .adapters import SHAPES, FamilyAdapter, find_module, get_module
+
+N_HEADS_ATTRS = ("num_attention_heads", "n_head", "num_heads", "n_heads", "decoder_attention_heads")
+N_LAYERS_ATTRS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers", "decoder_layers")
+
+
+def text_config(config):
+    """The language model's config (multimodal configs keep it as ``text_config``)."""
+    getter = getattr(config, "get_text_config", None)
+    try:
+        return getter(decoder=True) if getter else config
+    except TypeError:
+        return getter()
+
+
+def config_int(config, *names) -> int | None:
+    for name in names:
+        try:
+            value = getattr(config, name, None)
+        except Exception:  # per-layer attributes raise on global access
+            value = None
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def config_float(config, name: str | None) -> float | None:
+    if not name:
+        return None
+    value = getattr(text_config(config), name, None)
+    if value is None:
+        value = getattr(config, name, None)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+@dataclass(frozen=True)
+class ModelParts:
+    adapter: FamilyAdapter
+    blocks: tuple[torch.nn.Module, ...]
+    attn: tuple[torch.nn.Module | None, ...]  # modules returning (output, weights) in eager mode
+    o_proj: tuple[torch.nn.Module | None, ...]
+    attn_out: tuple[torch.nn.Module, ...]  # what the attention (or other mixer) adds, before residual scaling
+    mlp: tuple[torch.nn.Module | None, ...]
+    mlp_out: tuple[torch.nn.Module | None, ...]
+    down_proj: tuple[torch.nn.Module | None, ...]
+    attn_norm: tuple[torch.nn.Module | None, ...]
+    mlp_norm: tuple[torch.nn.Module | None, ...]
+    final_norm: torch.nn.Module | None
+    unembed: torch.nn.Module
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    residual_scale: float = 1.0
+    logit_scale: float = 1.0
+    final_logit_softcap: float | None = None
+    inferred: bool = False
+
+    @property
+    def shape(self) -> str:
+        return self.adapter.shape
+
+    @property
+    def compose(self) -> str:
+        return SHAPES[self.adapter.shape].compose
+
+    @property
+    def attention_layers(self) -> tuple[int, ...]:
+        """Indices of the layers whose attention probabilities can be captured."""
+        return tuple(i for i, a in enumerate(self.attn) if a is not None)
+
+    @property
+    def has_attention(self) -> bool:
+        return bool(self.attention_layers)
+
+    @property
+    def is_moe(self) -> bool:
+        return self.adapter.moe
+
+    def heads(self) -> list[tuple[int, int]]:
+        """Every (layer, head) that can be ablated: the heads of the attention layers."""
+        return [(layer, head) for layer in self.attention_layers for head in range(self.n_heads)]
+
+    def check_head(self, layer: int, head: int | None = None) -> None:
+        """A clear error for a layer or head out of range, or a layer without attention."""
+        if not isinstance(layer, int) or not 0 <= layer < self.n_layers:
+            raise UnsupportedModelError(f"layer {layer!r} is out of range: this model has layers 0..{self.n_layers - 1}")
+        if self.attn[layer] is None:
+            raise UnsupportedModelError(f"layer {layer} has no attention (it is a {type(self.attn_out[layer]).__name__} "
+                                        f"layer); attention layers: {_ranges(self.attention_layers)}")
+        if head is not None and (not isinstance(head, int) or not 0 <= head < self.n_heads):
+            raise UnsupportedModelError(f"head {head!r} is out of range: this model has heads 0..{self.n_heads - 1}")
+
+    def lens(self, resid: torch.Tensor) -> torch.Tensor:
+        """Logits of the logit lens for residual rows ``[..., d]``: the model's own final norm,
+        unembedding and logit transform (``logit_scale``, soft-cap), so the last layer's lens
+        is the model's distribution."""
+        x = resid if self.final_norm is None else self.final_norm(resid)
+        logits = self.unembed(x)
+        if self.logit_scale != 1.0:
+            logits = logits * self.logit_scale
+        if self.final_logit_softcap:
+            logits = torch.tanh(logits / self.final_logit_softcap) * self.final_logit_softcap
+        return logits
+
+    def describe(self) -> str:
+        """One line: family, how the adapter was found, and which layers have attention."""
+        how = "inferred from the module tree and verified" if self.inferred else "declared"
+        att = self.attention_layers
+        if len(att) == self.n_layers:
+            which = f"attention in all {self.n_layers} layers"
+        elif not att:
+            which = "no attention layers (attention views are empty)"
+        else:
+            which = f"attention in layers {_ranges(att)} of {self.n_layers}; the others are " \
+                    f"{type(self.attn_out[[i for i in range(self.n_layers) if i not in att][0]]).__name__}"
+        return f"adapter {self.adapter.name} ({how}, {self.adapter.shape} blocks): {which}"
+
+    @classmethod
+    def resolve(cls, model: torch.nn.Module, adapter: FamilyAdapter, inferred: bool = False) -> "ModelParts":
+        """Resolve ``adapter``'s paths on ``model``; a clear error naming the first part not found."""
+        config = model.config
+        tcfg = text_config(config)
+        blocks = tuple(get_module(model, adapter.blocks))
+        if not blocks:
+            raise UnsupportedModelError(f"{adapter.blocks!r} holds no blocks")
+        attn, o_proj, attn_out, mlp, mlp_out, down, a_norm, m_norm = ([] for _ in range(8))
+        for i, block in enumerate(blocks):
+            a = find_module(block, adapter.attn)
+            mixer = None if a is not None else next(
+                (m for m in (find_module(block, p) for p in adapter.mixers) if m is not None), None)
+            if a is None and mixer is None:
+                raise UnsupportedModelError(f"block {i} ({type(block).__name__}) has neither attention "
+                                            f"{adapter.attn!r} nor a mixer {adapter.mixers}")
+            mixer_path = next((p for p in adapter.mixers if find_module(block, p) is not None), None)
+            attn.append(a)
+            o_proj.append(find_module(block, adapter.o_proj) if a is not None else None)
+            if a is not None and o_proj[-1] is None:
+                raise UnsupportedModelError(f"block {i} has no attention output projection {adapter.o_proj!r}")
+            m = find_module(block, adapter.mlp)
+            mlp.append(m)
+            down.append(find_module(m, adapter.down_proj) if m is not None else None)
+            a_path, m_path = adapter.paths(attn=adapter.attn if a is not None else mixer_path)
+            out = get_module(block, a_path) if a is not None else find_module(block, mixer_path)
+            attn_out.append(out)
+            mlp_out.append(find_module(block, m_path))
+            if m_path and mlp_out[-1] is None and m is not None:
+                raise UnsupportedModelError(f"block {i} has no MLP output module {m_path!r}")
+            a_norm.append(find_module(block, adapter.attn_norm))
+            m_norm.append(find_module(block, adapter.mlp_norm))
+            if adapter.shape == "post_ln" and (a_norm[-1] is None or m_norm[-1] is None):
+                raise UnsupportedModelError(f"block {i} lacks the post-LayerNorms {adapter.attn_norm!r}, "
+                                            f"{adapter.mlp_norm!r}")
+        unembed = get_module(model, adapter.unembed) if adapter.unembed else model.get_output_embeddings()
+        if unembed is None:
+            raise UnsupportedModelError(f"{type(model).__name__} has no language-model head (no output embeddings): "
+                                        "load it as a causal LM (AutoModelForCausalLM)")
+        final_norm = get_module(model, adapter.final_norm) if adapter.final_norm else None
+        n_heads = int(getattr(tcfg, adapter.n_heads_attr, None) or config_int(tcfg, *N_HEADS_ATTRS) or 0)
+        first = next((p for p in o_proj if p is not None), None)
+        width = _in_features(first) if first is not None else None
+        head_dim = config_int(tcfg, adapter.head_dim_attr) if adapter.head_dim_attr else None
+        if width and n_heads and (head_dim is None or head_dim * n_heads != width):
+            head_dim = width // n_heads if width % n_heads == 0 else None
+        if first is not None and (not n_heads or not head_dim):
+            raise UnsupportedModelError(f"could not tell the head count and width of {type(first).__name__} "
+                                        f"(input {width}, {n_heads} heads in the config)")
+        kv = config_int(tcfg, adapter.n_kv_heads_attr) if adapter.n_kv_heads_attr else None
+        divisor = config_float(config, adapter.logit_divisor_attr)
+        scale = (config_float(config, adapter.logit_scale_attr) or 1.0) / (divisor or 1.0)
+        return cls(
+            adapter=adapter, blocks=blocks, attn=tuple(attn), o_proj=tuple(o_proj), attn_out=tuple(attn_out),
+            mlp=tuple(mlp), mlp_out=tuple(mlp_out), down_proj=tuple(down), attn_norm=tuple(a_norm),
+            mlp_norm=tuple(m_norm), final_norm=final_norm, unembed=unembed, n_layers=len(blocks),
+            n_heads=n_heads or 1, n_kv_heads=kv or n_heads or 1, head_dim=head_dim or 1,
+            residual_scale=config_float(config, adapter.residual_scale_attr) or 1.0, logit_scale=scale,
+            final_logit_softcap=config_float(config, adapter.softcap_attr), inferred=inferred,
+        )
+
+
+def _in_features(module) -> int | None:
+    weight = getattr(module, "weight", None)
+    if getattr(module, "in_features", None):
+        return int(module.in_features)
+    if weight is not None and weight.dim() == 2:  # GPT-2's Conv1D stores [in, out]
+        return int(weight.shape[0] if type(module).__name__ == "Conv1D" else weight.shape[1])
+    return None
+
+
+def _ranges(indices) -> str:
+    """``0-3, 5, 7-9`` for a sorted list of layer indices."""
+    out, start, prev = [], None, None
+    for i in indices:
+        if start is None:
+            start = prev = i
+        elif i == prev + 1:
+            prev = i
+        else:
+            out.append(f"{start}-{prev}" if prev > start else str(start))
+            start = prev = i
+    if start is not None:
+        out.append(f"{start}-{prev}" if prev > start else str(start))
+    return ", ".join(out) or "none"

@@ -1,0 +1,149 @@
+"""The invariants that make an adapter trustworthy, checked on the model itself at load.
+
+:func:`verify_parts` runs two short forwards (eight tokens, eager attention) and checks,
+for every layer, the same invariants the test suite uses:
+
+1. **residual decomposition**: ``attn_out + mlp_out == resid_post - resid_pre`` (times the
+   residual scale; through the two post-LayerNorms for ``post_ln`` blocks);
+2. **logit lens**: the lens of the last layer equals the model's own logits;
+3. **attention rows**: each attention layer's captured weights are ``[b, n_heads, q, k]``,
+   causal, rows summing to one (at most one with attention sinks), and equal to
+   ``output_attentions``;
+4. **head slices**: the output projection's input is ``n_heads * head_dim`` wide, and
+   zeroing it (every head of the layer) leaves an attention output that no longer
+   depends on the tokens (the projection's bias, normed where a post-norm follows).
+
+Any failure raises :class:`~openmav.errors.UnsupportedModelError` with one line naming
+the layer and the invariant; numbers from an unverified adapter are never shown.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import UnsupportedModelError
+from .parts import ModelParts
+from .probe import probe_forward
+
+
+def tolerance(model) -> float:
+    dtype = next(model.parameters()).dtype
+    return 1e-4 if dtype in (torch.float32, torch.float64) else 3e-2
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1.0))
+
+
+def compose(parts: ModelParts, layer: int, pre: torch.Tensor, attn: torch.Tensor,
+            mlp: torch.Tensor | None) -> torch.Tensor:
+    """The block output predicted from its input and its two sub-block outputs."""
+    s = parts.residual_scale
+    if parts.compose == "post_ln":
+        with torch.no_grad():
+            mid = parts.attn_norm[layer](pre + attn)
+            return parts.mlp_norm[layer](mid + (0 if mlp is None else mlp)).float()
+    return pre + s * attn + (0 if mlp is None else s * mlp)
+
+
+def verify_parts(model, parts: ModelParts) -> None:
+    """Check every invariant above on ``model``; raise one line naming what failed."""
+    tol = tolerance(model)
+    watch = [*parts.blocks, *parts.attn_out, *(m for m in parts.mlp_out if m is not None),
+             *(a for a in parts.attn if a is not None)]
+    inputs = [*parts.blocks, *(o for o in parts.o_proj if o is not None)]
+    try:
+        run = probe_forward(model, watch, inputs_of=inputs, output_attentions=parts.has_attention)
+    except UnsupportedModelError:
+        raise
+    except Exception as exc:  # the forward itself failed: not a model we can read
+        raise UnsupportedModelError(f"the verification forward failed ({type(exc).__name__}: "
+                                    f"{str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ''})") from exc
+    _check_decomposition(parts, run, tol)
+    _check_lens(parts, run, tol)
+    if parts.has_attention:
+        _check_attention(parts, run, tol)
+        _check_head_slices(model, parts, run, tol)
+
+
+def _get(run, module, what: str, layer: int):
+    if module not in run.outputs and module not in run.inputs:
+        raise UnsupportedModelError(f"layer {layer}: the {what} ({type(module).__name__}) did not run in a forward")
+    return run.outputs.get(module, run.inputs.get(module))
+
+
+def _check_decomposition(parts: ModelParts, run, tol: float) -> None:
+    for layer, block in enumerate(parts.blocks):
+        pre = run.inputs.get(block)
+        post = _get(run, block, "block", layer)
+        if pre is None or pre.shape != post.shape:
+            raise UnsupportedModelError(f"layer {layer}: the block's residual input could not be read")
+        attn = _get(run, parts.attn_out[layer], "attention output", layer)
+        mlp_mod = parts.mlp_out[layer]
+        mlp = _get(run, mlp_mod, "MLP output", layer) if mlp_mod is not None else None
+        if attn.shape != post.shape or (mlp is not None and mlp.shape != post.shape):
+            raise UnsupportedModelError(f"layer {layer}: attention/MLP outputs are not residual-shaped")
+        err = _rel(compose(parts, layer, pre, attn, mlp), post)
+        if err > tol:
+            raise UnsupportedModelError(f"layer {layer}: attention + MLP outputs do not add up to the block's "
+                                        f"change of the residual stream (relative error {err:.1e})")
+
+
+def _check_lens(parts: ModelParts, run, tol: float) -> None:
+    if run.logits is None:
+        raise UnsupportedModelError("the model returned no logits: it has no language-model head")
+    last = run.outputs[parts.blocks[-1]]
+    with torch.no_grad():
+        lens = parts.lens(last.to(next(parts.unembed.parameters()).dtype)).float()
+    if lens.shape != run.logits.shape:
+        raise UnsupportedModelError(f"the logit lens gives {tuple(lens.shape)} but the model's logits are "
+                                    f"{tuple(run.logits.shape)}: final norm or unembedding not found")
+    err = _rel(lens, run.logits)
+    if err > tol:
+        raise UnsupportedModelError(f"the last layer's logit lens differs from the model's logits (relative error "
+                                    f"{err:.1e}): the final norm, unembedding or logit scaling is not the model's")
+
+
+def _check_attention(parts: ModelParts, run, tol: float) -> None:
+    seq = run.ids.shape[1]
+    recorded = list(run.attentions or ())
+    for j, layer in enumerate(parts.attention_layers):
+        w = run.weights.get(parts.attn[layer])
+        if w is None:
+            raise UnsupportedModelError(f"layer {layer}: {type(parts.attn[layer]).__name__} returned no attention "
+                                        "weights in eager mode")
+        if w.shape[1] != parts.n_heads or w.shape[-2:] != (seq, seq):
+            raise UnsupportedModelError(f"layer {layer}: attention weights are {tuple(w.shape)}, expected "
+                                        f"[1, {parts.n_heads}, {seq}, {seq}]")
+        sums = w.sum(-1)
+        ok = (sums <= 1 + tol).all() and (sums > 0).all() if parts.adapter.sinks else \
+            bool(((sums - 1).abs() <= max(tol, 1e-5)).all())
+        if not ok:
+            raise UnsupportedModelError(f"layer {layer}: attention rows do not sum to 1")
+        if float(torch.triu(w[0], diagonal=1).abs().max()) > tol:
+            raise UnsupportedModelError(f"layer {layer}: attention looks at later tokens (not causal)")
+        if len(recorded) == len(parts.attention_layers) and _rel(w, recorded[j]) > tol:
+            raise UnsupportedModelError(f"layer {layer}: captured attention differs from output_attentions")
+
+
+def _check_head_slices(model, parts: ModelParts, run, tol: float) -> None:
+    width = parts.n_heads * parts.head_dim
+    for layer in parts.attention_layers:
+        x = run.inputs.get(parts.o_proj[layer])
+        if x is None or x.shape[-1] != width:
+            got = None if x is None else x.shape[-1]
+            raise UnsupportedModelError(f"layer {layer}: the output projection's input is {got} wide, not "
+                                        f"{parts.n_heads} heads x {parts.head_dim}")
+    edits = {parts.o_proj[layer]: torch.zeros_like for layer in parts.attention_layers}
+    mods = [parts.attn_out[layer] for layer in parts.attention_layers]
+    ablated = probe_forward(model, mods, edits=edits, output_attentions=False)
+    for layer in parts.attention_layers:
+        out = ablated.outputs.get(parts.attn_out[layer])
+        normal = run.outputs[parts.attn_out[layer]]
+        if out is None:
+            raise UnsupportedModelError(f"layer {layer}: the attention output did not run")
+        spread = _rel(out[:, 1:], out[:, :1].expand_as(out[:, 1:]))
+        if _rel(normal[:, 1:], normal[:, :1].expand_as(normal[:, 1:])) > tol and spread > tol:
+            raise UnsupportedModelError(f"layer {layer}: zeroing every head's slice of "
+                                        f"{type(parts.o_proj[layer]).__name__}'s input does not silence the "
+                                        "attention output: the output projection is not the one found")
