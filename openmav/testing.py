@@ -65,21 +65,40 @@ def tiny_config(family: str, vocab_size: int, n_layers: int = 2, n_heads: int = 
     if family == "gpt_neox":
         return tf.GPTNeoXConfig(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=n_layers,
                                 num_attention_heads=n_heads, max_position_embeddings=512, **common)
-    raise ValueError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
+    from transformers import CONFIG_MAPPING
+
+    if family in CONFIG_MAPPING:  # any other registered model type: its real config class, shrunk
+        from .tiny_configs import tiny_config_for_type
+
+        config = tiny_config_for_type(family, vocab_size, n_layers)
+        if getattr(config, "is_decoder", None) is False:  # BERT-style layers run causally only as decoders
+            config.is_decoder = True
+        return config
+    raise ValueError(f"unknown family {family!r}; known: {', '.join(FAMILIES)} or any transformers model type")
 
 
 def tiny_model(family: str = "llama", seed: int = 0, n_layers: int = 2, n_heads: int = 4, width: int = 64,
                dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """A random-weight model of ``family`` with the tiny tokenizer, wrapped for capture."""
-    from transformers import AutoModelForCausalLM
+    """A random-weight model of ``family`` with the tiny tokenizer, wrapped for capture.
 
+    ``family`` is one of :data:`FAMILIES` (hand-made configs) or any model type that
+    transformers registers (its config class shrunk by :mod:`openmav.tiny_configs`).
+    """
     tokenizer = tiny_tokenizer()
     config = tiny_config(family, len(tokenizer), n_layers, n_heads, width)
+    model = tiny_causal_lm(config, seed, dtype)
+    return wrap_model(model, tokenizer, name=f"tiny-{family}")
+
+
+def tiny_causal_lm(config, seed: int = 0, dtype: torch.dtype = torch.float32):
+    """The causal-LM class of ``config`` with random weights (norm weights perturbed too)."""
+    from transformers import AutoModelForCausalLM
+
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     with torch.no_grad():  # random norms' weights, so norm bugs cannot hide behind ones
         for name, param in model.named_parameters():
-            if "norm" in name or "ln_" in name:
+            if "norm" in name.lower() or "ln_" in name:
                 param.add_(0.1 * torch.randn_like(param))
     model.eval()
-    return wrap_model(model, tokenizer, name=f"tiny-{family}")
+    return model

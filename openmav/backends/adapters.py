@@ -118,6 +118,11 @@ DEEPSEEK_LIKE = dict(head_dim_attr="v_head_dim", moe=True, down_proj=None,
 OPT_LIKE = dict(blocks="model.decoder.layers", o_proj="self_attn.out_proj", mlp=None, down_proj=None,
                 mlp_out="fc2", n_kv_heads_attr=None)
 
+BERT_LIKE = dict(shape="post_ln", blocks="{base}.encoder.layer", attn="attention.self",
+                 o_proj="attention.output.dense", mlp=None, down_proj=None, mlp_out="output.dense",
+                 attn_norm="attention.output.LayerNorm", mlp_norm="output.LayerNorm", final_norm=None,
+                 n_kv_heads_attr=None, notes="BERT-style layers used as a causal decoder (is_decoder=True)")
+
 ADAPTERS: tuple[FamilyAdapter, ...] = (
     FamilyAdapter("llama", ("llama", "mistral", "ministral", "qwen2", "qwen3", "smollm3", "starcoder2", "olmo",
                             "helium", "glm", "granite_swa", "seed_oss", "arcee", "apertus", "exaone4_dense",
@@ -163,11 +168,10 @@ ADAPTERS: tuple[FamilyAdapter, ...] = (
     FamilyAdapter("bart_decoder", ("bart", "mbart", "marian", "pegasus", "blenderbot", "blenderbot-small", "mvp",
                                    "plbart"), shape="post_ln", final_norm=None, attn_norm="self_attn_layer_norm",
                   mlp_norm="final_layer_norm", **{**OPT_LIKE, "mlp_out": None}),
-    FamilyAdapter("bert_decoder", ("bert", "roberta", "camembert", "xlm-roberta", "electra", "data2vec-text"),
-                  shape="post_ln", blocks="{base}.encoder.layer", attn="attention.self", o_proj="attention.output.dense",
-                  mlp=None, down_proj=None, mlp_out="output.dense", attn_norm="attention.output.LayerNorm",
-                  mlp_norm="output.LayerNorm", final_norm=None, n_kv_heads_attr=None,
-                  notes="BERT-style layers used as a causal decoder (is_decoder)"),
+    FamilyAdapter("bert_decoder", ("bert", "bert-generation", "roc_bert", "rembert", "ernie", "big_bird"),
+                  unembed="cls", **BERT_LIKE),
+    FamilyAdapter("roberta_decoder", ("roberta", "camembert", "xlm-roberta", "data2vec-text"), unembed="lm_head",
+                  **BERT_LIKE),
 )
 
 _BY_TYPE = {t: a for a in ADAPTERS for t in a.model_types}

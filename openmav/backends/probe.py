@@ -69,6 +69,8 @@ def probe_forward(model, modules=(), inputs_of=(), edits: dict | None = None,
     def keep(module):
         def hook(mod, args, output):
             t = first_tensor(output)
+            if t is not None and t.dim() == 2 and t.shape[0] == ids.shape[1]:
+                t = t.unsqueeze(0)  # [b * p, d] (OPT's MLP): the probe's batch is one
             if t is not None:
                 probe.outputs[mod] = t.detach().float().clone()
             w = weights_of(output)

@@ -121,7 +121,10 @@ def _check_attention(parts: ModelParts, run, tol: float) -> None:
         if not ok:
             raise UnsupportedModelError(f"layer {layer}: attention rows do not sum to 1")
         if float(torch.triu(w[0], diagonal=1).abs().max()) > tol:
-            raise UnsupportedModelError(f"layer {layer}: attention looks at later tokens (not causal)")
+            hint = " (BERT-style models run causally only with is_decoder=True)" \
+                if getattr(parts.blocks[0], "is_decoder", None) is False or \
+                getattr(getattr(parts.attn[layer], "config", None), "is_decoder", None) is False else ""
+            raise UnsupportedModelError(f"layer {layer}: attention looks at later tokens (not causal){hint}")
         if len(recorded) == len(parts.attention_layers) and _rel(w, recorded[j]) > tol:
             raise UnsupportedModelError(f"layer {layer}: captured attention differs from output_attentions")
 

@@ -27,6 +27,20 @@ def _first(output):
     return output[0] if isinstance(output, (tuple, list)) else output
 
 
+def _set_attn_implementation(model: torch.nn.Module, name: str) -> None:
+    """``model.set_attn_implementation(name)``; for models that refuse to switch at run time
+    (Falcon and others outside the attention-function registry), the configs' field is set."""
+    try:
+        model.set_attn_implementation(name)
+    except (ValueError, ImportError, AttributeError):
+        pass
+    if getattr(model.config, "_attn_implementation", None) != name:
+        for module in model.modules():
+            config = getattr(module, "config", None)
+            if config is not None and hasattr(config, "_attn_implementation"):
+                config._attn_implementation = name
+
+
 @contextmanager
 def attention_implementation(model: torch.nn.Module, name: str | None):
     """Switch the model to attention implementation ``name`` (e.g. ``"eager"``) and back."""
@@ -34,11 +48,11 @@ def attention_implementation(model: torch.nn.Module, name: str | None):
     if name is None or current == name:
         yield
         return
-    model.set_attn_implementation(name)
+    _set_attn_implementation(model, name)
     try:
         yield
     finally:
-        model.set_attn_implementation(current)
+        _set_attn_implementation(model, current)
 
 
 class CaptureHooks:
@@ -64,6 +78,8 @@ class CaptureHooks:
 
     def _keep(self, tensor: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
         # a copy: some blocks add to a sub-block's output in place after it returned (Falcon)
+        if tensor.dim() == 2:  # [b * p, d], as OPT's MLP computes it; the step loop's batch is one
+            tensor = tensor.unsqueeze(0)
         kept = tensor[:, -1] if self.last_only else tensor
         return kept * scale if scale != 1.0 else kept.clone()
 

@@ -19,6 +19,7 @@ import torch
 from ..backends.loading import LoadedModel
 from ..errors import InputError, NonFiniteLogitsError
 from ..metrics import entropy, l2_norm, max_abs
+from .cached_forward import CachedForward
 from .hooks import CaptureHooks, attention_implementation
 from .records import StepRecord
 from .sampling import Sampler, SamplingConfig
@@ -109,8 +110,6 @@ def generate_steps(lm: LoadedModel, prompt: str | None = None, max_new_tokens: i
     so record ``t`` is yielded once that forward is done: the numbers are the same,
     they arrive one forward later.
     """
-    from transformers import DynamicCache
-
     if max_new_tokens < 1:
         raise InputError(f"max new tokens must be >= 1, got {max_new_tokens}")
     sampling = sampling or SamplingConfig()
@@ -124,7 +123,7 @@ def generate_steps(lm: LoadedModel, prompt: str | None = None, max_new_tokens: i
     tokens = list(texts.many(input_ids[0].tolist()))
     prompt_len = input_ids.shape[1]
     ids = input_ids
-    cache = DynamicCache(config=model.config)
+    forward = CachedForward(model)
     impl = "eager" if capture.attention and parts.has_attention else None
     pool = ThreadPoolExecutor(1, thread_name_prefix="openmav-lens") \
         if capture.logit_lens and capture.lens_in_background else None
@@ -132,7 +131,7 @@ def generate_steps(lm: LoadedModel, prompt: str | None = None, max_new_tokens: i
             CaptureHooks(parts, attention=capture.attention) as hooks:
         hooks.full_pattern = capture.attention and capture.prompt_attention
         start = time.perf_counter()
-        logits = model(input_ids=ids, past_key_values=cache, use_cache=True).logits[0, -1]
+        logits = forward(ids).logits[0, -1]
         hooks.full_pattern = False
         for step in range(max_new_tokens):
             raw = logits.float()
@@ -159,7 +158,7 @@ def generate_steps(lm: LoadedModel, prompt: str | None = None, max_new_tokens: i
                 if last:
                     return
             start = time.perf_counter()
-            logits = model(input_ids=ids[:, -1:], past_key_values=cache, use_cache=True).logits[0, -1]
+            logits = forward(ids[:, -1:]).logits[0, -1]
             if background:
                 _fill_lens(lm, record, lens)  # computed while the forward above ran
                 yield record

@@ -67,6 +67,9 @@ def validate_ablations(lm, ablations: Iterable[HeadAblation]) -> list[HeadAblati
             raise InputError(f"expected a HeadAblation, got {type(a).__name__}")
         if not _is_int(a.layer) or not 0 <= a.layer < n_layers:
             raise InputError(f"layer {a.layer!r} is out of range: valid layers are 0..{n_layers - 1}")
+        if parts.attn[a.layer] is None:
+            raise InputError(f"layer {a.layer} has no attention heads (not an attention layer); attention layers: "
+                             f"{', '.join(map(str, parts.attention_layers)) or 'none'}")
         if not _is_int(a.head) or not 0 <= a.head < n_heads:
             raise InputError(f"head {a.head!r} is out of range: valid heads are 0..{n_heads - 1}")
         if a.kind not in KINDS:
@@ -177,7 +180,8 @@ def as_ids(lm, input_ids) -> torch.Tensor:
 
 @torch.no_grad()
 def head_outputs(lm, input_ids) -> list[torch.Tensor]:
-    """Each layer's per-head outputs of one clean forward: a list of ``[P, n_heads, head_dim]``."""
+    """Each layer's per-head outputs of one clean forward: a list of ``[P, n_heads, head_dim]``
+    (zeros for layers without attention)."""
     parts = lm.parts
     ids = as_ids(lm, input_ids)
     seen: list[torch.Tensor | None] = [None] * parts.n_layers
@@ -190,13 +194,14 @@ def head_outputs(lm, input_ids) -> list[torch.Tensor]:
         return pre_hook
 
     try:
-        for layer in range(parts.n_layers):
+        for layer in parts.attention_layers:
             handles.append(parts.o_proj[layer].register_forward_pre_hook(keep(layer)))
         lm.model(input_ids=ids, use_cache=False)
     finally:
         for handle in handles:
             handle.remove()
-    return seen
+    zero = ids.new_zeros((ids.shape[1], parts.n_heads, parts.head_dim), dtype=torch.float32)
+    return [zero if z is None else z for z in seen]  # layers without attention: zeros
 
 
 def head_means(lm, reference_ids) -> torch.Tensor:

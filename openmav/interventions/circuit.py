@@ -115,7 +115,7 @@ def attribution_patching(lm, clean_ids, corrupt_ids, metric: Metric) -> np.ndarr
     _, z_clean, grads = head_outputs_with_grad(lm, clean, metric)
     z_corrupt = head_outputs(lm, corrupt)
     est = [((zc - zk) * g).double().sum(dim=(0, 2)) for zc, zk, g in zip(z_corrupt, z_clean, grads)]
-    return torch.stack(est).numpy()
+    return torch.stack(est).cpu().numpy()  # results leave the device once
 
 
 def verify_by_ablation(lm, clean_ids, corrupt_ids, metric: Metric, heads: list[Head], batch_size: int = 32,
@@ -199,8 +199,10 @@ def discover_circuit(lm, clean_ids, corrupt_ids, metric: Metric, top_n: int = 8,
     ``cancel`` (a ``threading.Event``) is checked between forwards.
     """
     parts = lm.parts
-    if not isinstance(top_n, int) or not 1 <= top_n <= parts.n_layers * parts.n_heads:
-        raise InputError(f"top_n must be an integer in 1..{parts.n_layers * parts.n_heads}, got {top_n!r}")
+    if not parts.has_attention:
+        raise InputError("this model has no attention layers, so it has no heads to put in a circuit")
+    if not isinstance(top_n, int) or not 1 <= top_n <= len(parts.heads()):
+        raise InputError(f"top_n must be an integer in 1..{len(parts.heads())}, got {top_n!r}")
     clean, corrupt = _pair(lm, clean_ids, corrupt_ids)
 
     def emit(phase, step=0, total=0):
@@ -217,7 +219,7 @@ def discover_circuit(lm, clean_ids, corrupt_ids, metric: Metric, top_n: int = 8,
     emit("attribution", 1, 1)
     order = np.argsort(-np.abs(attribution), axis=None, kind="stable")[:top_n]
     top = [(int(i // parts.n_heads), int(i % parts.n_heads)) for i in order]
-    every = [(layer, head) for layer in range(parts.n_layers) for head in range(parts.n_heads)]
+    every = parts.heads()
     to_verify = every if verify_all else top
     circuit = Circuit(nodes=[], edges=[], metric=getattr(metric, "name", "metric"), clean_metric=clean_m,
                       corrupt_metric=corrupt_m, correlation=None, n_verified=0, attribution=attribution)

@@ -63,6 +63,35 @@ def expand_batch_at(block: torch.nn.Module, batch: int):
         handle.remove()
 
 
+def batched_logits(lm, ids: torch.Tensor, batch: int, first: int, share_prefix: bool = True) -> torch.Tensor:
+    """Logits ``[batch, 1, V]`` of ``batch`` copies of ``ids`` (one row per planned edit set).
+
+    With ``share_prefix`` the blocks before ``first`` run once and the batch is expanded
+    at block ``first``.  Some models cannot take a batch that grows mid-forward (ALiBi
+    tensors or output shapes computed from the input, as in BLOOM and GPT-BigCode):
+    for those the whole batch runs from the embeddings, remembered per model.
+    """
+    if share_prefix and lm.extra.get("share_prefix", True):
+        try:
+            with expand_batch_at(lm.parts.blocks[first], batch):
+                logits = _logits(lm, ids)
+            if logits.shape[0] == batch:
+                return logits
+        except RuntimeError:
+            pass
+        lm.extra["share_prefix"] = False
+    return _logits(lm, ids.expand(batch, -1))
+
+
+def _logits(lm, ids: torch.Tensor) -> torch.Tensor:
+    if lm.extra.get("logits_to_keep", True):
+        try:
+            return lm.model(input_ids=ids, use_cache=False, logits_to_keep=1).logits
+        except TypeError:  # a model without logits_to_keep
+            lm.extra["logits_to_keep"] = False
+    return lm.model(input_ids=ids, use_cache=False).logits[:, -1:]
+
+
 @torch.no_grad()
 def run_head_sets(lm, input_ids, head_sets: Sequence[Sequence[Head]], spec: AblationSpec = AblationSpec(),
                   batch_size: int = 32, means: torch.Tensor | None = None, share_prefix: bool = True,
@@ -95,11 +124,7 @@ def run_head_sets(lm, input_ids, head_sets: Sequence[Sequence[Head]], spec: Abla
         first = min(plan) if plan else len(blocks) - 1
         batch = len(chunk)
         with edit_heads(lm, plan):
-            if share_prefix:
-                with expand_batch_at(blocks[first], batch):
-                    logits = lm.model(input_ids=ids, use_cache=False, logits_to_keep=1).logits
-            else:
-                logits = lm.model(input_ids=ids.expand(batch, -1), use_cache=False, logits_to_keep=1).logits
+            logits = batched_logits(lm, ids, batch, first, share_prefix)
         if logits.shape[0] != batch:
             raise RuntimeError(f"expected {batch} rows from the batched forward, got {logits.shape[0]}")
         out.append(logits[:, -1].float().cpu())
@@ -167,11 +192,21 @@ def evaluate_all_heads(lm, input_ids, kind: str = "zero", batch_size: int = 32, 
     spec = AblationSpec(kind, factor, threshold, positions, seed)
     means = head_means(lm, reference_ids if reference_ids is not None else ids) if kind == "mean" else None
     baseline = ablated_logits(lm, ids, [])
-    heads = [(layer, head) for layer in range(parts.n_layers) for head in range(parts.n_heads)]
+    if not parts.has_attention:
+        raise InputError("this model has no attention layers: there are no heads to evaluate")
+    heads = parts.heads()
     logits = run_head_sets(lm, ids, [[h] for h in heads], spec, batch_size, means, share_prefix, cancel, on_batch)
     if logits.shape[0] < len(heads):
         raise Cancelled("the evaluation of all heads was cancelled")
     kl, dtop, top = effects_from_logits(baseline, logits)
-    shape = (parts.n_layers, parts.n_heads)
-    return HeadEffects(kl=kl.reshape(shape), delta_top_prob=dtop.reshape(shape), baseline_logits=baseline,
-                       kind=kind, top_id=top, ablated_top_ids=logits.argmax(-1).numpy().reshape(shape))
+    return HeadEffects(kl=_grid(parts, heads, kl), delta_top_prob=_grid(parts, heads, dtop),
+                       baseline_logits=baseline, kind=kind, top_id=top,
+                       ablated_top_ids=_grid(parts, heads, logits.argmax(-1).numpy(), fill=-1).astype(int))
+
+
+def _grid(parts, heads, values, fill=float("nan")) -> np.ndarray:
+    """``[n_layers, n_heads]`` from per-head values; layers without attention hold ``fill``."""
+    out = np.full((parts.n_layers, parts.n_heads), fill, dtype=float)
+    for (layer, head), v in zip(heads, values):
+        out[layer, head] = v
+    return out

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import torch
 
 from .ablation import as_ids, edit_heads
-from .evaluate import expand_batch_at
+from .evaluate import batched_logits
 
 Metric = Callable[[torch.Tensor], torch.Tensor]  # logits [V] -> scalar
 Patch = tuple[int, int, torch.Tensor]  # (layer, head, value [pos, head_dim])
@@ -38,19 +38,21 @@ def head_outputs_with_grad(lm, input_ids, metric: Metric) -> tuple[torch.Tensor,
         return pre_hook
 
     try:
-        for layer in range(parts.n_layers):
+        for layer in parts.attention_layers:
             handles.append(parts.o_proj[layer].register_forward_pre_hook(keep(layer)))
         with torch.enable_grad():
             embeds = lm.model.get_input_embeddings()(ids).detach().requires_grad_(True)
             logits = lm.model(inputs_embeds=embeds, use_cache=False, logits_to_keep=1).logits[0, -1]
             value = metric(logits.float())
-            grads = torch.autograd.grad(value, zs, allow_unused=True)
+            layers = parts.attention_layers
+            grads = dict(zip(layers, torch.autograd.grad(value, [zs[i] for i in layers], allow_unused=True)))
     finally:
         for handle in handles:
             handle.remove()
     shape = (ids.shape[1], parts.n_heads, parts.head_dim)
-    out_z = [z.detach()[0].reshape(shape) for z in zs]
-    out_g = [torch.zeros(shape) if g is None else g[0].reshape(shape) for g in grads]
+    zero = torch.zeros(shape, device=ids.device)  # layers without attention have no heads
+    out_z = [zero if z is None else z.detach()[0].reshape(shape) for z in zs]
+    out_g = [zero if grads.get(i) is None else grads[i][0].reshape(shape) for i in range(parts.n_layers)]
     return value.detach(), out_z, out_g
 
 
@@ -87,11 +89,7 @@ def patched_forward(lm, input_ids, row_patches: Sequence[Sequence[Patch]], recor
         with edit_heads(lm, plan):  # registered first, so a layer's record sees its patches
             for layer in record_layers:
                 handles.append(parts.o_proj[layer].register_forward_pre_hook(record(layer)))
-            if share_prefix:
-                with expand_batch_at(parts.blocks[first], batch):
-                    logits = lm.model(input_ids=ids, use_cache=False, logits_to_keep=1).logits
-            else:
-                logits = lm.model(input_ids=ids.expand(batch, -1), use_cache=False, logits_to_keep=1).logits
+            logits = batched_logits(lm, ids, batch, first, share_prefix)
     finally:
         for handle in handles:
             handle.remove()

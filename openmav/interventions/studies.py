@@ -119,7 +119,7 @@ class _Search:
 
     def rank(self, score: Callable[[torch.Tensor], torch.Tensor]) -> tuple[list[Head], torch.Tensor, torch.Tensor]:
         parts = self.lm.parts
-        heads = [(layer, head) for layer in range(parts.n_layers) for head in range(parts.n_heads)]
+        heads = parts.heads()
         logits = self.run([[h] for h in heads],
                           on_batch=lambda done, total: self.emit("rank", done, total, [], None))
         return heads[:logits.shape[0]], logits, score(logits)
