@@ -59,7 +59,7 @@ def test_layers_in_numeric_order(tiny):
     per_layer = stats.per_layer()
     assert list(per_layer) == list(range(12))
     assert [r["layer"] for r in stats.to_rows()][::4] == list(range(12))
-    for layer, metrics in stats.items():
+    for layer, metrics in stats.per_layer().items():
         assert metrics["entropy"] == pytest.approx(stats["entropy"][layer].mean())
     assert "<table>" in stats._repr_html_()
 

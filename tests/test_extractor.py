@@ -1,6 +1,9 @@
-"""AttentionExtractor: results against direct forwards; batching equals one prompt at a time; encoders."""
+"""AttentionExtractor: results against direct forwards; batching equals one prompt at a time; encoders;
+the statistics mapping; text and HTML reprs (short, escaped)."""
 
 from __future__ import annotations
+
+from html.parser import HTMLParser
 
 import numpy as np
 import pytest
@@ -122,3 +125,101 @@ def test_smollm2_batched(smollm2):
         assert len(r.attention) == 30 and r.attention[0].shape[1] == 9
         for a, b in zip(r.attention, alone.attention):
             np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_attention_stats_is_a_mapping_of_metrics(tiny):
+    from collections.abc import Mapping
+
+    from openmav.analysis.stats import METRICS
+
+    ex = AttentionExtractor(model=tiny("llama", n_layers=3))
+    stats = ex.get_attention_stats(PROMPTS[0], threshold=0.05)
+    assert isinstance(stats, Mapping)
+    assert list(stats) == list(stats.keys()) == list(METRICS) and len(stats) == len(METRICS)
+    plain = dict(stats)
+    assert list(plain) == list(METRICS)
+    for metric, value in stats.items():
+        assert value is stats[metric] is plain[metric] and value.shape == (3, 4)
+    assert [v.shape for v in stats.values()] == [(3, 4)] * len(METRICS)
+    assert "entropy" in stats and 0 not in stats and stats.get("nope") is None
+    with pytest.raises(KeyError, match="per_layer"):
+        stats[0]
+    # the same numbers as the statistics of the extracted attention; per-layer view by integers
+    again = ex.extract_activations(PROMPTS[0]).stats(0.05)
+    assert again == stats
+    assert list(stats.per_layer()) == [0, 1, 2] and stats.layers == [0, 1, 2]
+    assert stats.per_layer()[1]["sink"] == pytest.approx(float(stats["sink"][1].mean()))
+    assert stats.threshold == 0.05 and stats.prompt == PROMPTS[0] and stats.model == ex.model_name
+
+
+NASTY = ['<script>alert("x")</script>', "<img src=x onerror=alert(1)>", "it's \"quoted\"", "</textarea><b>",
+         "a & b <!-- c -->"]
+
+
+class _Elements(HTMLParser):
+    """Every start/end tag, attribute, comment and text piece of an HTML string."""
+
+    def __init__(self, text: str):
+        super().__init__(convert_charrefs=True)
+        self.tags, self.attrs, self.other, self.text = [], [], [], []
+        self.feed(text)
+        self.close()
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        self.attrs.extend(attrs)
+
+    def handle_startendtag(self, tag, attrs):
+        self.handle_starttag(tag, attrs)
+
+    def handle_endtag(self, tag):
+        self.tags.append("/" + tag)
+
+    def handle_comment(self, data):
+        self.other.append(data)
+
+    def handle_decl(self, decl):
+        self.other.append(decl)
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+TABLE_TAGS = {"table", "caption", "thead", "tbody", "tr", "th", "td"}
+
+
+def test_html_escapes_prompt_and_token_text(tiny):
+    from openmav.analysis.results import Activations
+
+    ex = AttentionExtractor(model=tiny("llama"))
+    prompt = " ".join(NASTY)
+    res = ex.extract_activations(prompt)
+    # tokens as a tokenizer with whole-tag tokens would show them (the tiny BPE splits them)
+    whole = Activations(prompt=prompt, tokens=NASTY, token_ids=np.arange(len(NASTY)),
+                        attention=[np.full((1, 1, len(NASTY), len(NASTY)), 1 / len(NASTY))], causal=False,
+                        model='<b onmouseover="x">')
+    shown = [res, whole, ex.get_attention_stats(prompt), ex.compare_prompts([prompt, NASTY[0]]),
+             ex.get_neuron_activations(prompt, 0)]
+    for obj in shown:
+        page = _Elements(obj._repr_html_())
+        assert set(t.lstrip("/") for t in page.tags) <= TABLE_TAGS | {"p"}, type(obj).__name__
+        assert page.attrs == [] and page.other == [], type(obj).__name__
+    text = "".join(_Elements(whole._repr_html_()).text)
+    for piece in NASTY:  # shown as text, whole
+        assert piece in text
+    assert repr(prompt) in "".join(_Elements(res._repr_html_()).text)  # the caption
+
+
+def test_text_reprs_are_short(tiny):
+    ex = AttentionExtractor(model=tiny("llama"))
+    long_prompt = "The cat sat on the mat. " * 20
+    res = ex.extract_activations(long_prompt)
+    shown = [res, ex.get_attention_stats(long_prompt), ex.compare_prompts([long_prompt] * 8),
+             ex.get_neuron_activations(long_prompt, 1, residual=True)]
+    for obj in shown:
+        text = repr(obj)
+        assert len(text.splitlines()) <= 8 and len(text) < 700, text
+        assert "array(" not in text and "tiny-llama" in text and "The cat sat" in text
+    assert f"[1, 4, {len(res.tokens)}, {len(res.tokens)}]" in repr(res)
+    assert f"[{len(res.tokens)}, 128]" in repr(shown[3]) and "layer 1" in repr(shown[3])
+    assert "[2, 4]" in repr(shown[1])

@@ -1,10 +1,12 @@
 """``AttentionExtractor``: attention, hidden states, logits and MLP neurons of prompts, as numpy.
 
-Works for causal LMs of every family the engine supports and for BERT-style encoders
-(see :mod:`openmav.analysis.models`).  Attention probabilities come from eager
-attention.  Several prompts are run in batches, padded on the right (or left) with
-an attention mask; each prompt's results are cut back to its own tokens, so they
-equal that prompt run alone (up to float rounding).
+Works for causal LMs of every family the engine supports and for the encoders of
+:mod:`openmav.analysis.models` (BERT, RoBERTa, XLM-RoBERTa, ELECTRA, DeBERTa-v2, MPNet,
+DistilBERT, ALBERT, ModernBERT).  Attention probabilities come from eager attention.
+Several prompts are run in batches, padded with an attention mask (causal LMs on the
+right or left; encoders always on the right, since RoBERTa-style encoders number
+positions from the input ids themselves); each prompt's results are cut back to its
+own tokens, so they equal that prompt run alone (up to float rounding).
 """
 
 from __future__ import annotations
@@ -18,8 +20,7 @@ from ..capture.hooks import attention_implementation
 from ..capture.tokens import TokenTexts
 from ..errors import InputError
 from .models import ModelHandle, open_model
-from .results import Activations, Comparison, NeuronActivations
-from .stats import AttentionStats
+from .results import Activations, AttentionStatsMapping, Comparison, NeuronActivations
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -30,7 +31,9 @@ class AttentionExtractor:
     """Extract activations from a model: ``AttentionExtractor(model_name="smollm2-135m", device="cpu")``.
 
     Or pass objects: ``AttentionExtractor(model=hf_model, tokenizer=tok)`` or a LoadedModel
-    as ``model``.  ``model_name=None`` loads the default model.
+    as ``model``.  ``model_name=None`` loads the default model.  Whether a model object is
+    run as an encoder or a causal LM is decided by
+    :func:`~openmav.analysis.models.is_encoder_model`.
     """
 
     def __init__(self, model_name: str | None = None, device: str | None = "cpu", model=None, tokenizer=None,
@@ -78,7 +81,8 @@ class AttentionExtractor:
 
     # -- forward --------------------------------------------------------------------------------
     def _run(self, prompts: list[str], batch_size: int = 16, padding_side: str = "right",
-             hidden_states: bool = True, logits: bool = True, neuron_layers=()) -> list[Activations]:
+             hidden_states: bool = True, logits: bool = True, neuron_layers=(),
+             residual_layers=()) -> list[Activations]:
         if padding_side not in ("left", "right"):
             raise InputError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
         if batch_size < 1:
@@ -89,10 +93,45 @@ class AttentionExtractor:
         for start in range(0, len(encoded), batch_size):
             chunk = encoded[start:start + batch_size]
             results.extend(self._run_batch(prompts[start:start + batch_size], chunk, padding_side,
-                                           hidden_states, logits, neuron_layers))
+                                           hidden_states, logits, tuple(neuron_layers), tuple(residual_layers)))
         return results
 
-    def _run_batch(self, prompts, chunk, padding_side, want_hidden, want_logits, neuron_layers):
+    def _forward(self, kwargs: dict, neuron_layers: tuple[int, ...], residual_layers: tuple[int, ...]):
+        """One forward under eager attention; per layer asked for, the input of its MLP down projection
+        (``neuron_layers``) and its block's output (``residual_layers``), each ``[b, pos, width]``.
+
+        One hook per module: a module shared by several layers (ALBERT) runs once per layer, and
+        layer ``l`` takes the call :meth:`ModelHandle.neuron_call` / :meth:`ModelHandle.block_call` names.
+        """
+        handle = self.handle
+        sites = [("neurons", layer, handle.neuron_module(layer), handle.neuron_call(layer)) for layer in neuron_layers]
+        sites += [("residual", layer, handle.blocks[layer], handle.block_call(layer)) for layer in residual_layers]
+        calls: dict[tuple[str, int], list[torch.Tensor]] = {}
+        with ExitStack() as stack:
+            for kind, _, module, _ in sites:
+                if (kind, id(module)) in calls:
+                    continue
+                seen = calls[(kind, id(module))] = []
+                if kind == "neurons":
+                    def keep_input(mod, args, seen=seen):
+                        seen.append(args[0].detach().float().cpu())
+                    stack.callback(module.register_forward_pre_hook(keep_input).remove)
+                else:
+                    def keep_output(mod, args, output, seen=seen):
+                        out = output[0] if isinstance(output, (tuple, list)) else output
+                        seen.append(out.detach().float().cpu())
+                    stack.callback(module.register_forward_hook(keep_output).remove)
+            stack.enter_context(torch.inference_mode())
+            stack.enter_context(attention_implementation(handle.body, "eager"))
+            out = handle.body(**kwargs)
+        captured: dict[str, dict[int, torch.Tensor]] = {"neurons": {}, "residual": {}}
+        for kind, layer, module, call in sites:
+            captured[kind][layer] = calls[(kind, id(module))][call]
+        return out, captured["neurons"], captured["residual"]
+
+    def _run_batch(self, prompts, chunk, padding_side, want_hidden, want_logits, neuron_layers, residual_layers):
+        if self.is_encoder:
+            padding_side = "right"  # see the module docstring
         width = max(len(ids) for ids in chunk)
         pad = int(self.tokenizer.pad_token_id)
         ids = torch.full((len(chunk), width), pad, dtype=torch.long)
@@ -107,22 +146,14 @@ class AttentionExtractor:
             kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp_min(0).to(self.handle.device)
         if not self.is_encoder:
             kwargs["use_cache"] = False
-        neurons: dict[int, torch.Tensor] = {}
-        with ExitStack() as stack:
-            for layer in neuron_layers:
-                def pre(module, args, layer=layer):
-                    neurons[layer] = args[0].detach().float().cpu()
-                stack.callback(self.handle.neuron_module(layer).register_forward_pre_hook(pre).remove)
-            stack.enter_context(torch.inference_mode())
-            stack.enter_context(attention_implementation(self.model, "eager"))
-            out = self.model(**kwargs)
+        out, neurons, residual = self._forward(kwargs, neuron_layers, residual_layers)
         results = []
         for b, row in enumerate(chunk):
             n = len(row)
             sl = slice(width - n, width) if padding_side == "left" else slice(0, n)
             attention = [_np(a[b:b + 1, :, sl, sl]) for a in out.attentions]
             hidden = [_np(h[b:b + 1, sl]) for h in out.hidden_states] if want_hidden else []
-            lg = getattr(out, "logits", None)
+            lg = None if self.is_encoder else getattr(out, "logits", None)
             results.append(Activations(
                 prompt=prompts[b], tokens=[t.display for t in self._texts.many(row)],
                 token_ids=np.array(row), attention=attention, hidden_states=hidden,
@@ -130,7 +161,8 @@ class AttentionExtractor:
                 last_logits=_np(lg[b, sl][-1]) if lg is not None else None,
                 mlp_mean=[neurons[layer][b, sl].mean(0).numpy() for layer in neuron_layers] or None,
                 neurons={layer: neurons[layer][b, sl].numpy() for layer in neuron_layers} or None,
-                causal=not self.is_encoder,
+                residual={layer: residual[layer][b, sl].numpy() for layer in residual_layers} or None,
+                causal=not self.is_encoder, model=self.model_name,
             ))
         return results
 
@@ -139,13 +171,21 @@ class AttentionExtractor:
         """Tokens, token ids, attention per layer ``[1, h, s, s]``, hidden states and (causal LMs) logits."""
         return self._run([prompt])[0]
 
-    def get_attention_stats(self, prompt: str, threshold: float = 0.01) -> AttentionStats:
-        """Per layer and head: entropy, max weight, sparsity, attention distance, sink (see ``stats``)."""
+    def get_attention_stats(self, prompt: str, threshold: float = 0.01) -> AttentionStatsMapping:
+        """Per layer and head statistics of ``prompt``, as a mapping ``{metric: [n_layers, n_heads]}``.
+
+        The keys are the metrics ``entropy``, ``max_weight``, ``sparsity``, ``distance`` and ``sink``
+        (defined in :mod:`openmav.analysis.stats`), in that order: ``stats["entropy"]`` is a numpy array,
+        ``list(stats)`` the metric names, ``dict(stats)`` a plain dict of arrays.  Per layer means over
+        heads: ``stats.per_layer()`` ``{layer: {metric: float}}``; one row per head: ``stats.to_rows()``.
+        """
         return self._run([prompt], hidden_states=False, logits=False)[0].stats(threshold)
 
     def compare_prompts(self, prompts: list[str], batch_size: int = 16, padding_side: str = "right",
                         hidden_states: bool = False, neurons: bool = True) -> Comparison:
         """Run ``prompts`` in padded batches; each result equals that prompt run alone.
+
+        ``padding_side`` applies to causal LMs; encoders are always padded on the right.
 
         Full logits are not kept (``last_logits`` is); with ``neurons`` each result carries the
         MLP neurons' mean over positions per layer (``mlp_mean``), for :mod:`openmav.analysis.compare`.
@@ -158,11 +198,13 @@ class AttentionExtractor:
 
     def get_neuron_activations(self, prompt: str, layer_idx: int, residual: bool = False) -> NeuronActivations:
         """The MLP hidden neurons of ``layer_idx`` ``[seq, d_mlp]`` (input of its down projection),
-        and with ``residual`` the residual stream after that layer ``[seq, d]``."""
+        and with ``residual`` the residual stream after that layer ``[seq, d]`` (the output of its
+        block, before any final norm of the model)."""
         layer = self.layer_index(layer_idx)
-        result = self._run([prompt], hidden_states=residual, logits=False, neuron_layers=(layer,))[0]
+        result = self._run([prompt], hidden_states=False, logits=False, neuron_layers=(layer,),
+                           residual_layers=(layer,) if residual else ())[0]
         return NeuronActivations(prompt, layer, result.tokens, result.neurons[layer],
-                                 result.hidden_states[layer + 1][0] if residual else None)
+                                 result.residual[layer] if residual else None, self.model_name)
 
     def get_model_info(self) -> dict:
         """Architecture facts: layers, heads, widths, vocabulary, context, parameters, device."""
@@ -173,9 +215,8 @@ class AttentionExtractor:
             "model_name": self.model_name, "model_type": getattr(cfg, "model_type", None),
             "kind": "encoder" if self.is_encoder else "causal-lm",
             "num_layers": self.n_layers, "num_heads": self.handle.n_heads,
-            "num_kv_heads": lm.parts.n_kv_heads if lm else self.handle.n_heads,
-            "hidden_size": hidden, "mlp_size": getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None)
-            or (4 * hidden if hidden else None),
+            "num_kv_heads": getattr(lm.parts, "n_kv_heads", None) if lm else self.handle.n_heads,
+            "hidden_size": hidden, "mlp_size": self.handle.mlp_size(),
             "vocab_size": getattr(cfg, "vocab_size", None), "context_length": self.handle.context_length,
             "total_parameters": int(sum(p.numel() for p in self.model.parameters())),
             "device": str(self.handle.device), "dtype": str(next(self.model.parameters()).dtype).replace("torch.", ""),

@@ -1,7 +1,13 @@
-"""Plain result records of the extraction API (numpy arrays, token text); no model inside."""
+"""Plain result records of the extraction API (numpy arrays, token text); no model inside.
+
+Their text reprs are a few lines (model, prompt, shapes), never array contents; their
+HTML reprs (Jupyter) escape every piece of prompt and token text.
+"""
 
 from __future__ import annotations
 
+import html
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -10,6 +16,93 @@ from .stats import AttentionStats, head_statistics
 
 # names the original Show Me Your Attention code used for the same fields
 _ALIASES = {"attention_weights": "attention", "attentions": "attention", "input_ids": "token_ids"}
+
+
+def _short(text: str, limit: int = 60) -> str:
+    """``repr`` of ``text`` cut to ``limit`` characters (with an ellipsis when cut)."""
+    return repr(text if len(text) <= limit else text[:limit - 1] + "\u2026")
+
+
+def _shape(array) -> str:
+    return "none" if array is None else "[" + ", ".join(str(n) for n in np.shape(array)) + "]"
+
+
+def _tokens(n: int) -> str:
+    return f"{n} token" if n == 1 else f"{n} tokens"
+
+
+def _model(name: str) -> str:
+    return f" of {name!r}" if name else ""
+
+
+class AttentionStatsMapping(Mapping):
+    """Per layer and head attention statistics of one prompt: a mapping ``{metric: [n_layers, n_heads]}``.
+
+    Keys are the metric names (``entropy``, ``max_weight``, ``sparsity``, ``distance``, ``sink``; see
+    :mod:`openmav.analysis.stats`) in that order, values numpy arrays, so ``keys()``, ``items()``,
+    ``values()``, ``get()``, ``in``, iteration, ``list()`` and ``dict()`` behave as for a dict
+    (item assignment does not exist).  Other views: :meth:`per_layer` (``{layer: {metric: mean over
+    heads}}``, integer layers in numeric order), :meth:`to_rows` (one dict per head), :meth:`to_dict`.
+    ``prompt``, ``threshold`` (the sparsity threshold), ``layers`` and ``model`` describe the run.
+    """
+
+    def __init__(self, prompt: str, values: dict[str, np.ndarray], threshold: float = 0.01,
+                 layers: list[int] | None = None, model: str = ""):
+        self._stats = AttentionStats(prompt, dict(values), threshold, list(layers or []))
+        self.model = model
+
+    @property
+    def prompt(self) -> str:
+        return self._stats.prompt
+
+    @property
+    def threshold(self) -> float:
+        return self._stats.threshold
+
+    @property
+    def layers(self) -> list[int]:
+        return self._stats.layers
+
+    def __getitem__(self, metric: str) -> np.ndarray:
+        if isinstance(metric, str) and metric in self._stats.values:
+            return self._stats.values[metric]
+        raise KeyError(f"{metric!r} is not a metric: the keys are {', '.join(self)} "
+                       "(per layer means: per_layer()[layer])")
+
+    def __iter__(self):
+        return iter(self._stats.values)
+
+    def __len__(self) -> int:
+        return len(self._stats.values)
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        return list(self) == list(other) and all(np.array_equal(self[k], other[k]) for k in self)
+
+    __hash__ = None
+
+    def per_layer(self) -> dict[int, dict[str, float]]:
+        """``{layer: {metric: mean over heads}}`` with integer layer keys in numeric order."""
+        return self._stats.per_layer()
+
+    def to_rows(self) -> list[dict]:
+        """One dict per (layer, head): ``layer``, ``head`` and every metric."""
+        return self._stats.to_rows()
+
+    def to_dict(self) -> dict:
+        """Plain lists: ``prompt``, ``threshold``, ``layers`` and each metric ``[n_layers][n_heads]``."""
+        return self._stats.to_dict()
+
+    def __repr__(self) -> str:
+        first = self[next(iter(self))]
+        return (f"AttentionStatsMapping{_model(self.model)}\n"
+                f"  prompt: {_short(self.prompt)}\n"
+                f"  metrics: {', '.join(self)}: each {_shape(first)} (layers x heads), "
+                f"sparsity threshold {self.threshold:g}")
+
+    def _repr_html_(self) -> str:
+        return self._stats._repr_html_()
 
 
 @dataclass
@@ -22,6 +115,11 @@ class Activations:
     - ``last_logits``: ``[vocab]`` at the last position for a causal LM, else ``None``
     - ``mlp_mean``: per layer, the MLP hidden neurons' mean over positions ``[d_mlp]`` (comparisons)
     - ``neurons``: ``{layer: [seq, d_mlp]}`` MLP hidden neurons for the layers asked for
+    - ``residual``: ``{layer: [seq, d]}`` the output of each block asked for: the residual stream
+      after it, before any final norm (``hidden_states[-1]`` has the final norm applied in most
+      transformers models: GPT-2, Llama, ModernBERT)
+    - ``causal``: whether it came from a causal LM (else a bidirectional encoder)
+    - ``model``: the model's name
     """
 
     prompt: str
@@ -33,7 +131,9 @@ class Activations:
     last_logits: np.ndarray | None = None
     mlp_mean: list[np.ndarray] | None = None
     neurons: dict[int, np.ndarray] | None = None
+    residual: dict[int, np.ndarray] | None = None
     causal: bool = True
+    model: str = ""
 
     def __getitem__(self, key: str):
         return getattr(self, _ALIASES.get(key, key))
@@ -49,19 +149,34 @@ class Activations:
         """All layers stacked: ``[L, heads, seq, seq]``."""
         return np.stack([a[0] for a in self.attention])
 
-    def stats(self, threshold: float = 0.01) -> AttentionStats:
+    def stats(self, threshold: float = 0.01) -> AttentionStatsMapping:
+        """Per layer and head statistics ``{metric: [n_layers, n_heads]}`` (see :class:`AttentionStatsMapping`)."""
         import torch
 
         values = head_statistics(torch.from_numpy(self.attention_array()), self.causal, threshold)
-        return AttentionStats(self.prompt, {k: v.numpy() for k, v in values.items()}, threshold)
+        return AttentionStatsMapping(self.prompt, {k: v.numpy() for k, v in values.items()}, threshold,
+                                     model=self.model)
+
+    def __repr__(self) -> str:
+        kind = "causal LM" if self.causal else "encoder"
+        lines = [f"Activations{_model(self.model)} ({kind})",
+                 f"  prompt: {_short(self.prompt)} ({_tokens(len(self.tokens))})",
+                 f"  attention: {self.n_layers} layers x {_shape(self.attention[0]) if self.attention else 'none'}"]
+        if self.hidden_states:
+            lines.append(f"  hidden_states: {len(self.hidden_states)} x {_shape(self.hidden_states[0])}")
+        lines.append(f"  logits: {_shape(self.logits)}")
+        if self.neurons:
+            lines.append(f"  neurons: layers {sorted(self.neurons)}, each {_shape(next(iter(self.neurons.values())))}")
+        return "\n".join(lines)
 
     def _repr_html_(self) -> str:
         from .notebook import table_html
 
-        shapes = [["tokens", len(self.tokens)], ["layers", self.n_layers],
-                  ["heads", self.attention[0].shape[1]],
+        shapes = [["model", self.model or "?"], ["tokens", len(self.tokens)], ["layers", self.n_layers],
+                  ["heads", self.attention[0].shape[1] if self.attention else 0],
                   ["logits", "absent" if self.logits is None else str(self.logits.shape)]]
-        return f"<p>{' '.join(self.tokens)}</p>" + table_html(["field", "value"], shapes, repr(self.prompt))
+        tokens = html.escape(" ".join(self.tokens), quote=True)
+        return f"<p>{tokens}</p>" + table_html(["field", "value"], shapes, repr(self.prompt))
 
 
 @dataclass
@@ -73,6 +188,7 @@ class NeuronActivations:
     tokens: list[str]
     mlp: np.ndarray
     residual: np.ndarray | None = None
+    model: str = ""
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -80,6 +196,18 @@ class NeuronActivations:
 
     def __array__(self, dtype=None, copy=None):
         return self.mlp if dtype is None else self.mlp.astype(dtype)
+
+    def __repr__(self) -> str:
+        return (f"NeuronActivations{_model(self.model)}, layer {self.layer}\n"
+                f"  prompt: {_short(self.prompt)} ({_tokens(len(self.tokens))})\n"
+                f"  mlp: {_shape(self.mlp)} (positions x neurons); residual: {_shape(self.residual)}")
+
+    def _repr_html_(self) -> str:
+        from .notebook import table_html
+
+        rows = [["model", self.model or "?"], ["layer", self.layer], ["tokens", len(self.tokens)],
+                ["mlp", _shape(self.mlp)], ["residual", _shape(self.residual)]]
+        return table_html(["field", "value"], rows, repr(self.prompt))
 
 
 @dataclass
@@ -103,6 +231,14 @@ class Comparison:
 
     def items(self):
         return [(r.prompt, r) for r in self.results]
+
+    def __repr__(self) -> str:
+        model = self.results[0].model if self.results else ""
+        lines = [f"Comparison{_model(model)}: {len(self.results)} prompts"]
+        lines += [f"  {i}: {_short(r.prompt, 50)} ({_tokens(len(r.tokens))})" for i, r in enumerate(self.results[:5])]
+        if len(self.results) > 5:
+            lines.append(f"  ... {len(self.results) - 5} more")
+        return "\n".join(lines)
 
     def _repr_html_(self) -> str:
         from .notebook import table_html
