@@ -169,8 +169,7 @@ def _first_line(exc: BaseException) -> str:
 def check_model_type(model_type: str, timeout_s: int = 60) -> TypeResult:
     """Build a tiny model of ``model_type`` and run the adapter and every invariant on it."""
     from .backends.loading import wrap_model
-    from .testing import tiny_causal_lm, tiny_tokenizer
-    from .tiny_configs import tiny_config_for_type
+    from .testing import tiny_causal_lm, tiny_config, tiny_tokenizer
 
     start = time.perf_counter()
     result = TypeResult(model_type, "unrunnable")
@@ -180,7 +179,7 @@ def check_model_type(model_type: str, timeout_s: int = 60) -> TypeResult:
     try:
         tok = tiny_tokenizer()
         try:
-            model = tiny_causal_lm(tiny_config_for_type(model_type, len(tok)))
+            model = tiny_causal_lm(tiny_config(model_type, len(tok)))
             ids = tok(PROMPT, return_tensors="pt").input_ids
             with torch.no_grad():
                 model(input_ids=ids)
@@ -191,8 +190,10 @@ def check_model_type(model_type: str, timeout_s: int = 60) -> TypeResult:
             return result
         try:
             lm = wrap_model(model, tok, name=f"tiny-{model_type}")
-        except OpenMavError as exc:
-            result.status, result.reason = "fail", str(exc)
+        except _Timeout:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a sweep reports every failure and goes on
+            result.status, result.reason = "fail", str(exc) if isinstance(exc, OpenMavError) else _first_line(exc)
             return result
         parts = lm.parts
         result.adapter = parts.adapter.name

@@ -80,6 +80,7 @@ class FamilyAdapter:
     attn_norm: str | None = None  # post_ln only: the norm after the attention sum
     mlp_norm: str | None = None  # post_ln only: the norm after the MLP sum
     mixers: tuple[str, ...] = ()  # non-attention token mixers of hybrid layers
+    n_heads: int | None = None  # an explicit count (inferred rows: from the attention weights' shape)
     n_heads_attr: str = "num_attention_heads"
     n_kv_heads_attr: str | None = "num_key_value_heads"
     head_dim_attr: str | None = "head_dim"
@@ -129,7 +130,8 @@ ADAPTERS: tuple[FamilyAdapter, ...] = (
                             "internlm3", "ernie4_5", "mellum")),
     FamilyAdapter("granite", ("granite",), residual_scale_attr="residual_multiplier",
                   logit_divisor_attr="logits_scaling", notes="residual and logit multipliers"),
-    FamilyAdapter("stablelm", ("stablelm", "persimmon"), o_proj="self_attn.dense",
+    FamilyAdapter("stablelm", ("stablelm",), notes="parallel residual when use_parallel_residual"),
+    FamilyAdapter("persimmon", ("persimmon",), o_proj="self_attn.dense",
                   final_norm="model.final_layernorm"),
     FamilyAdapter("moe", ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "phimoe", "minimax", "dots1"),
                   moe=True, down_proj=None, notes="sparse MoE MLP: neurons per expert are not exposed"),

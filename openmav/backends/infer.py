@@ -108,12 +108,13 @@ def infer_adapter(model) -> FamilyAdapter:
         raise UnsupportedModelError(f"the blocks {blocks_path!r} did not run on text input")
     hidden = hidden or run.outputs[blocks[0]].shape[-1]
     attn_paths, mixer_paths = set(), set()
-    first_attn = None
+    first_attn, n_heads = None, None
     for b in blocks:
         pattern = next((m for m in b.modules() if m in run.weights and m is not b), None)
         if pattern is not None:
             attn_paths.add(_rel(pattern, b))
             first_attn = first_attn or b
+            n_heads = n_heads or int(run.weights[pattern].shape[1])
         else:
             mixer_paths.add(_mixer_path(b, run, hidden))
     if len(attn_paths) > 1:
@@ -138,7 +139,7 @@ def infer_adapter(model) -> FamilyAdapter:
         attn=attn_path if first_attn is not None else "__none__", o_proj=o_proj or "__none__", mlp=mlp_path,
         down_proj=down, final_norm=final_norm, unembed=unembed, attn_out=a_out, mlp_out=m_out,
         attn_norm=norms[0], mlp_norm=norms[1], mixers=tuple(sorted(mixer_paths)),
-        n_heads_attr=next((a for a in N_HEADS_ATTRS if config_int(tcfg, a)), "num_attention_heads"),
+        n_heads=n_heads, n_heads_attr=next((a for a in N_HEADS_ATTRS if config_int(tcfg, a)), "num_attention_heads"),
         residual_scale_attr=scale_attr, logit_scale_attr=logit_attrs[0], logit_divisor_attr=logit_attrs[1],
         sinks=any("sinks" in n for n, _ in ref.named_parameters()), moe=moe, notes="inferred from the module tree",
     )

@@ -96,16 +96,23 @@ def find_parts(model, verify: bool = True) -> ModelParts:
             if verify:
                 verify_parts(model, parts)
             return parts
-        except UnsupportedModelError as exc:
-            failures.append(f"declared adapter {declared.name}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - any failure of a row is a reason to try inference
+            failures.append(f"declared adapter {declared.name}: {_reason(exc)}")
     try:
         parts = ModelParts.resolve(model, infer_adapter(model), inferred=True)
         verify_parts(model, parts)
         return parts
-    except UnsupportedModelError as exc:
-        failures.append(f"inferred adapter: {exc}")
+    except Exception as exc:  # noqa: BLE001 - reported as one line below
+        failures.append(f"inferred adapter: {_reason(exc)}")
     raise UnsupportedModelError(f"{type(model).__name__} ({model_type}) cannot be read safely: "
                                 f"{'; '.join(failures)}. Try --dtype float32, or report the model type")
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, UnsupportedModelError):
+        return str(exc)
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:120]}" if text else type(exc).__name__
 
 
 def wrap_model(model, tokenizer, name: str = "model", device: str | torch.device | None = None,

@@ -172,7 +172,8 @@ class ModelParts:
             raise UnsupportedModelError(f"{type(model).__name__} has no language-model head (no output embeddings): "
                                         "load it as a causal LM (AutoModelForCausalLM)")
         final_norm = get_module(model, adapter.final_norm) if adapter.final_norm else None
-        n_heads = int(getattr(tcfg, adapter.n_heads_attr, None) or config_int(tcfg, *N_HEADS_ATTRS) or 0)
+        n_heads = adapter.n_heads or int(config_int(tcfg, adapter.n_heads_attr) or config_int(tcfg, *N_HEADS_ATTRS)
+                                         or 0)
         first = next((p for p in o_proj if p is not None), None)
         width = _in_features(first) if first is not None else None
         head_dim = config_int(tcfg, adapter.head_dim_attr) if adapter.head_dim_attr else None

@@ -4,7 +4,8 @@ Transformer layers keep a key/value cache; state-space and recurrent layers keep
 their own state (Mamba's ``cache_params``).  :class:`CachedForward` passes back
 whatever the previous output returned, under the name the model's ``forward``
 takes, with the positions of the new tokens, so the step loop's one-forward-per-token
-contract holds for every kind of layer.
+contract holds for every kind of layer.  A model that returns no cache at all is run
+on the whole sequence each step (slower, never wrong).
 """
 
 from __future__ import annotations
@@ -26,8 +27,13 @@ class CachedForward:
         self.wants_position = "cache_position" in params
         self.state: tuple[str, object] | None = None
         self.seen = 0
+        self.history: torch.Tensor | None = None
+        self.stateless = False  # the model returned no cache: every call runs on the whole sequence
 
     def __call__(self, ids: torch.Tensor):
+        self.history = ids if self.history is None else torch.cat([self.history, ids], 1)
+        if self.stateless:
+            return self.model(input_ids=self.history, use_cache=False)
         kwargs = dict(input_ids=ids, use_cache=True)
         if self.state is not None:
             kwargs[self.state[0]] = self.state[1]
@@ -39,5 +45,7 @@ class CachedForward:
             if value is not None:
                 self.state = (argument or self.kv_name, value)
                 break
+        else:
+            self.stateless = True
         self.seen += ids.shape[1]
         return out
