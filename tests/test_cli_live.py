@@ -42,24 +42,14 @@ def test_panel_names_in_help_match_registry():
 @pytest.mark.parametrize("argv,message", [
     (["--scale", "bad"], "invalid choice: 'bad' (choose from 'linear', 'log', 'minmax')"),
     (["--max-new-tokens", "0"], "must be at least 1"),
-    (["--temp", "-1"], "must be >= 0"),
+    (["--temp", "-1"], "must be a finite number >= 0"),
     (["--selected-panels", "nope"], "valid panels are generated_text"),
     (["--record", "/no/such/dir/t.npz"], "does not exist"),
 ])
 def test_bad_values_one_line(argv, message, capsys):
-    with pytest.raises(SystemExit) if argv[0] not in ("--selected-panels", "--record") else _no_raise():
-        code = main(argv)
-        assert code == 2
+    assert main(argv) == 2  # main returns the code; it never raises SystemExit
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
-
-
-class _no_raise:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def test_jsonl_matches_engine_records(model_dir, capsys):
@@ -103,3 +93,62 @@ def test_record_then_replay_gives_the_same_lines(model_dir, tmp_path, capsys):
     assert replayed == live
     assert main(["replay", str(tmp_path / "missing.npz")]) == 2
     assert "no trace file" in capsys.readouterr().err
+
+
+def test_refresh_rate_zero_means_no_cap(model_dir, capsys):
+    from openmav.cli.live import refresh_rate
+
+    assert refresh_rate(0) == float("inf") and refresh_rate(4.0) == 4.0
+    assert main(["--model", model_dir, "--prompt", "hello world", "--max-new-tokens", "2", "--refresh-rate", "0",
+                 "--format", "text"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_documented_backend_needs_no_initialize(tiny):
+    """The design document's shape: TransformersBackend(...), then StateFetcher(backend).fetch_next(...)."""
+    from openmav.backends.model_backend_transformers import TransformersBackend
+    from openmav.processors.state_fetcher import StateFetcher
+
+    lm = tiny("llama")
+    backend = TransformersBackend("tiny-llama", model_obj=lm.model, tokenizer_obj=lm.tokenizer, device="cpu")
+    assert not backend.is_initialized
+    fetcher = StateFetcher(backend, max_new_tokens=3)
+    measurements = list(fetcher.fetch_next("hello world", temperature=0.0))
+    assert len(measurements) == 3 and backend.is_initialized
+    assert measurements[-1].generated_text and measurements[0].top_probs[0] > 0
+    assert backend.initialize() is backend.initialize() is backend.loaded  # idempotent
+    fresh = TransformersBackend("tiny-llama", model_obj=lm.model, tokenizer_obj=lm.tokenizer, device="cpu")
+    ids = fresh.tokenize("hello world")  # each documented method works without initialize() too
+    out = fresh.generate(ids)
+    assert out["logits"].shape[:2] == ids.shape and fresh.decode(ids) == "hello world"
+
+
+def test_api_refuses_bad_input_before_loading(tiny):
+    """The Python entry points share the CLI's rules: bad text or numbers fail before any model loads."""
+    from openmav.backends.model_backend_transformers import TransformersBackend
+    from openmav.errors import InputError
+    from openmav.mav import MAV
+    from openmav.processors.state_fetcher import StateFetcher
+
+    with pytest.raises(InputError, match="what torch.manual_seed accepts"):
+        TransformersBackend("tiny", seed=10**30)
+    with pytest.raises(InputError, match="unknown device"):
+        TransformersBackend("tiny", device="gpu")
+    with pytest.raises(InputError, match="unknown dtype"):
+        TransformersBackend("tiny", dtype="float64")
+    backend = TransformersBackend("never-loaded", device="cpu")  # no such model: loading it would fail otherwise
+    for prompt, kwargs, message in [("caf\udce9", {}, "byte 0xe9 at character 3"), ("x\ud800", {}, "lone surrogate"),
+                                    ("   ", {}, "is empty"), ("hi", {"temperature": float("nan")}, "temperature"),
+                                    ("hi", {"top_p": 0.0}, "top_p"), ("hi", {"repetition_penalty": float("inf")},
+                                                                     "repetition_penalty")]:
+        with pytest.raises(InputError, match=message):
+            next(StateFetcher(backend, max_new_tokens=2).fetch_next(prompt, **kwargs))
+    assert not backend.is_initialized
+    with pytest.raises(InputError, match="max_new_tokens"):
+        StateFetcher(backend, max_new_tokens=0)
+    lm = tiny("llama")
+    for kwargs, message in [({"prompt": "caf\udce9"}, "not valid UTF-8"), ({"max_bar_length": 0}, "max_bar_length"),
+                            ({"limit_chars": -1}, "limit_chars")]:
+        with pytest.raises(InputError, match=message):
+            MAV(model_obj=lm.model, tokenizer_obj=lm.tokenizer, **{"prompt": "hi", **kwargs}, format="text",
+                max_new_tokens=1)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import threading
+
 import torch
 
+from ..cli.validate import DTYPES, SEED, Device, check_text
 from ..errors import InputError
 from .loading import LoadedModel, load_model, wrap_model
 
@@ -11,12 +14,29 @@ from .loading import LoadedModel, load_model, wrap_model
 class TransformersBackend:
     """Loads a causal LM (hub id, directory, ``.gguf``, bundled name, or objects) and runs it.
 
+    Usable right after construction: the model loads on first use (``tokenize``,
+    ``generate``, ``model``, ``loaded``, or a :class:`~openmav.processors.state_fetcher.StateFetcher`
+    fetching); ``initialize()`` loads it now and is idempotent.  Arguments are
+    checked here (a seed must fit ``torch.manual_seed``; device and dtype must be
+    known), so a bad one fails before any loading.
+
     >>> backend = TransformersBackend("smollm2-135m", device="cpu")   # doctest: +SKIP
-    >>> backend.initialize()                                          # doctest: +SKIP
+    >>> backend.decode(backend.tokenize("hello"))                     # doctest: +SKIP
+    'hello'
     """
 
     def __init__(self, model_name: str | None = None, device: str = "auto", seed: int | None = 42,
                  model_obj=None, tokenizer_obj=None, dtype: str = "float32", progress=None):
+        if seed is not None:
+            SEED.check("seed", seed)
+        if device is not None and not isinstance(device, torch.device):
+            Device().check("device", device)
+        if (model_obj is None) != (tokenizer_obj is None):
+            raise InputError("give both model_obj and tokenizer_obj, or neither")
+        if model_obj is None and not isinstance(dtype, torch.dtype) and dtype not in DTYPES:
+            raise InputError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+        if model_name is not None:
+            check_text("model_name", str(model_name))
         self.model_name = model_name
         self.device = device
         self.seed = seed
@@ -24,19 +44,33 @@ class TransformersBackend:
         self.model_obj = model_obj
         self.tokenizer_obj = tokenizer_obj
         self.progress = progress
-        self.loaded: LoadedModel | None = None
+        self._loaded: LoadedModel | None = None
+        self._lock = threading.Lock()
         if seed is not None:
             torch.manual_seed(seed)
 
+    @property
+    def is_initialized(self) -> bool:
+        """Whether the model is loaded (without loading it)."""
+        return self._loaded is not None
+
+    @property
+    def loaded(self) -> LoadedModel:
+        """The :class:`LoadedModel`, loaded on first access."""
+        return self.initialize()
+
     def initialize(self) -> LoadedModel:
-        """Load the model and tokenizer (once)."""
-        if self.loaded is None:
-            if self.model_obj is not None or self.tokenizer_obj is not None:
-                dev = None if self.device in (None, "auto") else self.device
-                self.loaded = wrap_model(self.model_obj, self.tokenizer_obj, name=self.model_name or "model", device=dev)
-            else:
-                self.loaded = load_model(self.model_name, device=self.device, dtype=self.dtype, progress=self.progress)
-        return self.loaded
+        """Load the model and tokenizer now (once; later calls return the same object)."""
+        with self._lock:
+            if self._loaded is None:
+                if self.model_obj is not None:
+                    dev = None if self.device in (None, "auto") else self.device
+                    self._loaded = wrap_model(self.model_obj, self.tokenizer_obj, name=self.model_name or "model",
+                                              device=dev)
+                else:
+                    self._loaded = load_model(self.model_name, device=self.device, dtype=self.dtype,
+                                              progress=self.progress)
+        return self._loaded
 
     @property
     def model(self):
@@ -47,9 +81,10 @@ class TransformersBackend:
         return self.initialize().tokenizer
 
     def tokenize(self, text: str) -> torch.Tensor:
-        """Token ids ``[1, P]`` on the model's device."""
+        """Token ids ``[1, P]`` on the model's device; text must be non-empty, valid UTF-8."""
         if not text:
             raise InputError("the prompt is empty")
+        check_text("the text", text)
         lm = self.initialize()
         return lm.tokenizer(text, return_tensors="pt").input_ids.to(lm.device)
 

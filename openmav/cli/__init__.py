@@ -1,9 +1,12 @@
 """The ``mav`` command: the live view by default, and subcommands.
 
 ``mav [options]`` runs the live view; ``mav maps|compare|serve|replay ...`` run the
-other tools.  Every subcommand module exposes ``build_parser()`` and ``run(args)``;
-errors a user can fix (:class:`~openmav.errors.OpenMavError`) become one line on
-stderr and a non-zero exit code, never a traceback.
+other tools.  Every subcommand module exposes ``build_parser()`` and ``run(args)``.
+:func:`main` parses, then checks every value against :data:`openmav.cli.validate.TABLE`
+before calling ``run``, so a bad flag is refused in milliseconds, before torch is
+imported or a model loads.  Errors a user can fix (a refused flag,
+:class:`~openmav.errors.OpenMavError`) become one line on stderr and a non-zero
+exit code, never a traceback; Ctrl-C exits with 130.
 """
 
 from __future__ import annotations
@@ -28,16 +31,38 @@ def _module_for(argv: list[str]) -> tuple[str, list[str], str]:
     return LIVE, argv, "mav"
 
 
+def one_line_errors(parser) -> None:
+    """Make ``parser`` report a bad flag as one line (no usage dump) and exit 2."""
+
+    def error(message):
+        parser.exit(2, f"{parser.prog}: error: {message} (see {parser.prog} --help)\n")
+
+    parser.error = error
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run ``mav`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code, never raises SystemExit."""
     from ..errors import OpenMavError
+    from . import validate
 
     argv = list(sys.argv[1:] if argv is None else argv)
     module_name, rest, prog = _module_for(argv)
     try:
-        module = importlib.import_module(module_name)
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            print(f"{prog}: error: this openmav has no '{prog}' command (see mav --help)", file=sys.stderr)
+            return 2
         parser = module.build_parser()
         parser.prog = prog
-        args = parser.parse_args(rest)
+        one_line_errors(parser)
+        try:
+            args = parser.parse_args(rest)
+        except SystemExit as exc:  # --help, --version, or a flag argparse refused (already printed)
+            return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+        validate.check_args(prog, args)
         code = module.run(args)
         return int(code or 0)
     except OpenMavError as exc:

@@ -5,12 +5,19 @@ Modes: ``simple``, ``questions``, ``sentiment`` (built-in prompt sets), ``intera
 and/or ``--prompts ...``) and ``all``.  The model is loaded once for all modes.  Each mode
 writes its figures into ``--output-dir/<mode>/`` plus ``differences.csv``: the heads and
 neurons whose behaviour differs most between the prompts, also printed as a table.
+
+Files of an earlier run are never replaced without ``--force``: that is checked,
+with every flag, before the model loads.  Each file is written under a temporary
+name beside its target and renamed into place, so an interrupted run leaves no
+half-written file and no earlier file half-replaced.
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+from .live import OneLineParser
 
 PROMPT_SETS = {
     "simple": ["The cat sat on the mat", "A cat was sitting on a mat", "On the mat, the cat sat"],
@@ -24,7 +31,7 @@ MODES = ("simple", "questions", "sentiment", "interactive", "custom", "all")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mav compare", description=__doc__.split("\n\n")[0])
+    p = OneLineParser(prog="mav compare", description=__doc__.split("\n\n")[0])
     p.add_argument("--mode", choices=MODES, default="simple", help="which comparison to run (default: simple)")
     p.add_argument("--prompt1", help="first prompt for --mode custom")
     p.add_argument("--prompt2", help="second prompt for --mode custom")
@@ -35,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", type=int, default=-1, help="layer for heatmaps and neuron plots (default: last)")
     p.add_argument("--top-k", type=int, default=10, help="rows per group in the differences table (default: 10)")
     p.add_argument("--head-scores", action="store_true", help="also plot previous-token/induction head scores")
+    p.add_argument("--force", action="store_true", help="replace figures and tables of an earlier run in --output-dir")
     return p
 
 
@@ -59,30 +67,67 @@ def _plan(args) -> list[tuple[str, list[str]]]:
             for n in names]
 
 
+def mode_files(name: str, prompts: list[str]) -> list[str]:
+    """The names of the files one mode writes into its folder."""
+    if name == "interactive":
+        return ["interactive_attention.html", "layer_stats.png"]
+    per_prompt = [f"{kind}_{i}.png" for i in range(len(prompts)) for kind in ("attention", "all_heads")]
+    return per_prompt + ["neuron_comparison.png", "layer_stats.png", "differences.csv"]
+
+
+def check_outputs(plan, root: Path, head_scores: bool, force: bool) -> None:
+    """Refuse, before the model loads, to replace an earlier run's files without ``force``."""
+    from ..errors import InputError
+
+    targets = [root / name / f for name, prompts in plan for f in mode_files(name, prompts)]
+    if head_scores:
+        targets.append(root / "head_scores.png")
+    for folder in {t.parent for t in targets}:
+        if folder.exists() and not folder.is_dir():
+            raise InputError(f"cannot write to {folder}: it is a file, not a folder")
+    blocked = [t for t in targets if t.is_dir()]
+    if blocked:
+        raise InputError(f"cannot write {blocked[0]}: a folder of that name is in the way")
+    old = [t for t in targets if t.exists()]
+    if old and not force:
+        raise InputError(f"{root} already holds {len(old)} file{'s' if len(old) > 1 else ''} of an earlier run "
+                         f"(e.g. {old[0]}): pass --force to replace them, or choose another --output-dir")
+
+
+def _write(path: Path, write) -> Path:
+    """``write(tmp)`` to a temporary name beside ``path`` (same suffix), then rename it onto ``path``."""
+    from ..capture.trace import replacing
+
+    with replacing(path) as tmp:
+        write(tmp)
+    return path
+
+
 def run_mode(extractor, viz, name: str, prompts: list[str], out: Path, layer: int, top_k: int, console) -> list[Path]:
-    """Write one mode's figures and table; returns the files written."""
+    """Write one mode's figures and table (each write-then-rename); returns the files written."""
     from ..analysis import compare
 
     layer = extractor.layer_index(layer)
     out.mkdir(parents=True, exist_ok=True)
-    written = []
     if name == "interactive":
         res = extractor.extract_activations(prompts[0])
-        viz.plot_interactive_attention(res, out / "interactive_attention.html")
-        viz.plot_layer_statistics(res.stats(), out / "layer_stats.png")
-        return [out / "interactive_attention.html", out / "layer_stats.png"]
+        return [_write(out / "interactive_attention.html", lambda p: viz.plot_interactive_attention(res, p)),
+                _write(out / "layer_stats.png", lambda p: viz.plot_layer_statistics(res.stats(), p))]
     comparison = extractor.compare_prompts(prompts)
     rows = compare.differences(comparison, top_k)
     head = next(r for r in rows if r.kind == "head")  # the head whose entropy differs most
+    written = []
     for i, res in enumerate(comparison):
-        viz.plot_attention_heatmap(res.attention, res.tokens, head.layer, head.index, out / f"attention_{i}.png",
-                                   title=f"p{i}: layer {head.layer}, head {head.index}")
-        written.append(out / f"attention_{i}.png")
-        viz.plot_all_heads(res.attention, res.tokens, layer, out / f"all_heads_{i}.png")
-        written.append(out / f"all_heads_{i}.png")
-    viz.plot_activation_comparison(comparison, layer, save_path=out / "neuron_comparison.png")
-    viz.plot_layer_statistics(comparison[0].stats(), out / "layer_stats.png")
-    written += [out / "neuron_comparison.png", out / "layer_stats.png", compare.write_csv(rows, prompts, out / "differences.csv")]
+        title = f"p{i}: layer {head.layer}, head {head.index}"
+        written.append(_write(out / f"attention_{i}.png", lambda p: viz.plot_attention_heatmap(
+            res.attention, res.tokens, head.layer, head.index, p, title=title)))
+        written.append(_write(out / f"all_heads_{i}.png",
+                              lambda p: viz.plot_all_heads(res.attention, res.tokens, layer, p)))
+    written += [
+        _write(out / "neuron_comparison.png", lambda p: viz.plot_activation_comparison(comparison, layer, save_path=p)),
+        _write(out / "layer_stats.png", lambda p: viz.plot_layer_statistics(comparison[0].stats(), p)),
+        _write(out / "differences.csv", lambda p: compare.write_csv(rows, prompts, p)),
+    ]
     console.print(compare.rich_table(rows, prompts, f"{name}: largest differences between prompts"))
     return written
 
@@ -96,6 +141,8 @@ def run(args) -> int:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     console = Console()
     plan = _plan(args)
+    root = Path(args.output_dir).expanduser()
+    check_outputs(plan, root, args.head_scores, args.force)  # before the model loads
     from transformers.utils import logging as hf_logging
 
     from ..analysis.extractor import AttentionExtractor
@@ -106,7 +153,6 @@ def run(args) -> int:
     extractor = AttentionExtractor(args.model, device=args.device)  # loaded once for every mode
     extractor.layer_index(args.layer)
     viz = AttentionVisualizer()
-    root = Path(args.output_dir)
     for name, prompts in plan:
         files = run_mode(extractor, viz, name, prompts, root / name, args.layer, args.top_k, console)
         console.print(f"[bold]{name}[/bold]: wrote {len(files)} files to {root / name}")
@@ -114,6 +160,6 @@ def run(args) -> int:
         from ..analysis.head_scores import compute_head_scores
 
         scores = compute_head_scores(extractor.handle.lm)
-        viz.plot_head_scores(scores, root / "head_scores.png")
+        _write(root / "head_scores.png", lambda p: viz.plot_head_scores(scores, p))
         console.print(f"head scores: {root / 'head_scores.png'}")
     return 0

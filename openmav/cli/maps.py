@@ -2,13 +2,17 @@
 
 Writes ``attn_{i}_{j}.png`` (or ``attn_{i}.png``) per generated token ``i`` and
 window ``j``, ``maps.json`` (the numbers) and ``maps.html`` (a page to browse them)
-into ``--output-dir``.
+into ``--output-dir``.  Flags are checked by :mod:`openmav.cli.validate` (finite,
+in range) and the output folder by :func:`openmav.maps.run.check_options`, both
+before the model loads.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+
+from .live import OneLineParser
 
 
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
@@ -27,11 +31,11 @@ def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (1: off)")
     g.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min-p x the top probability")
     g.add_argument("--repetition-penalty", type=float, default=1.0, help="1 turns it off")
-    g.add_argument("--seed", type=int, default=None, help="seed for sampling")
+    g.add_argument("--seed", type=int, default=None, help="seed for sampling, 0 to 2**64-1")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mav maps", description=__doc__.strip().splitlines()[0])
+    p = OneLineParser(prog="mav maps", description=__doc__.strip().splitlines()[0])
     p.add_argument("--prompt", required=True, help="the text to continue")
     p.add_argument("--output-dir", required=True, help="where the images, maps.json and maps.html go")
     p.add_argument("--max-new-tokens", type=int, default=20, help="tokens to generate (default 20)")
@@ -63,7 +67,20 @@ def options_from_args(args: argparse.Namespace):
                        head=args.head, load_in_8bit=args.load_in_8bit, workers=workers, overwrite=args.overwrite)
 
 
+def check_flag_pairs(args: argparse.Namespace) -> None:
+    """The flag combinations refused before torch is imported (ranges are in :mod:`openmav.cli.validate`)."""
+    from ..errors import InputError
+    from ..maps.windows import check_window  # light: no torch
+
+    check_window(args.window, args.stride)
+    if args.reduce == "head" and args.head is None:
+        raise InputError("--reduce head needs --head N (the query head to show)")
+    if args.head is not None and args.reduce not in (None, "head"):
+        raise InputError(f"--head {args.head} goes with --reduce head, not --reduce {args.reduce}")
+
+
 def run(args: argparse.Namespace) -> int:
+    check_flag_pairs(args)
     from ..maps.run import check_options, run_maps
 
     options = options_from_args(args)

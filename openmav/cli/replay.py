@@ -1,18 +1,24 @@
-"""``mav replay FILE``: show a trace saved with ``mav --record FILE`` again, without the model."""
+"""``mav replay FILE``: show a trace saved with ``mav --record FILE`` again, without the model.
+
+A file that cannot be replayed (missing, a directory, empty, truncated, not a trace,
+damaged inside) is refused with one line naming it and what is wrong: the cheap
+checks run before anything heavy is imported (:class:`openmav.cli.validate.TraceFile`),
+the rest in :func:`openmav.capture.trace.load_trace`.
+"""
 
 from __future__ import annotations
 
 import argparse
 
-from .live import OneLineParser, add_view_flags, non_negative_float
+from .live import OneLineParser, add_view_flags, refresh_rate
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="mav replay", description="Show a recorded run (mav --record FILE) "
                                 "in the live or interactive view, without loading the model.")
     p.add_argument("file", help="a trace file written by mav --record")
-    p.add_argument("--delay", type=non_negative_float, default=None,
-                   help="seconds between tokens (default: as recorded)")
+    p.add_argument("--delay", type=float, default=None,
+                   help="seconds between tokens, 0 to 86400 (default: as recorded)")
     add_view_flags(p)
     return p
 
@@ -29,6 +35,13 @@ def replay_stream(records, processor, delay: float | None):
 
 
 def run(args) -> int:
+    import sys
+
+    from ..errors import InputError
+
+    mode = "interactive" if args.interactive else args.format
+    if mode == "interactive" and not sys.stdin.isatty():
+        raise InputError("--interactive needs a terminal (stdin is not one)")
     from ..capture.trace import load_trace
     from ..mav import run_view
     from ..processors.state_processor import StateProcessor
@@ -36,22 +49,21 @@ def run(args) -> int:
     from ..view.panels.registry import make_panels
 
     meta, records = load_trace(args.file)
+    if not records:
+        raise InputError(f"{args.file} holds no steps (the run was stopped before its first token)")
     options = ViewOptions(max_bar_length=args.max_bar_length, limit_chars=args.limit_chars, scale=args.scale,
                           aggregation=args.aggregation, prompt=meta.get("prompt", ""))
-    selected = args.selected_panels or meta.get("selected_panels")
-    panels = make_panels(selected, None, None, options)
+    try:
+        panels = make_panels(args.selected_panels or meta.get("selected_panels"), None, None, options)
+    except InputError as exc:
+        if args.selected_panels:
+            raise
+        raise InputError(f"{args.file} names panels this openmav lacks ({exc}); pick some with --selected-panels"
+                         ) from None
     processor = StateProcessor(aggregation=args.aggregation, scale=args.scale)
-    mode = "interactive" if args.interactive else args.format
-    if mode == "interactive":
-        import sys
-
-        from ..errors import InputError
-
-        if not sys.stdin.isatty():
-            raise InputError("--interactive needs a terminal (stdin is not one)")
     delay = 0.0 if mode in ("interactive", "text", "jsonl") and args.delay is None else args.delay
     stream = replay_stream(records, processor, delay)
     title = f"mav replay · {meta.get('model', '?')}"
-    result = run_view(stream, panels, mode=mode, refresh_rate=args.refresh_rate, num_grid_rows=args.num_grid_rows,
-                      options=options, title=title)
+    result = run_view(stream, panels, mode=mode, refresh_rate=refresh_rate(args.refresh_rate),
+                      num_grid_rows=args.num_grid_rows, options=options, title=title)
     return 130 if result.interrupted else 0

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+SCALES = ("linear", "log", "minmax")
+AGGREGATIONS = ("l2", "max_abs")
+
 
 @dataclass
 class ViewOptions:
@@ -12,6 +15,10 @@ class ViewOptions:
     ``layer`` and ``head`` select what the ``attention`` panel shows: ``layer`` is
     0-based (negative counts from the last layer, as in Python), ``head=None`` means
     the mean over heads.  Interactive mode changes them with keys.
+
+    Values are checked when the options are made (the rules of
+    :mod:`openmav.cli.validate`), so a bad one is an :class:`~openmav.errors.InputError`
+    before any model loads, also through the Python API (``MAV(..., max_bar_length=0)``).
     """
 
     max_bar_length: int = 35
@@ -22,3 +29,19 @@ class ViewOptions:
     head: int | None = None
     prompt: str = ""
     top_rows: int = 10
+
+    def __post_init__(self) -> None:
+        from ..cli.validate import VIEW, Number, check_text
+        from ..errors import InputError
+
+        VIEW["max_bar_length"].check("max_bar_length", self.max_bar_length)
+        VIEW["limit_chars"].check("limit_chars", self.limit_chars)
+        Number(int, 1, 10_000).check("top_rows", self.top_rows)
+        Number(int, -100_000, 100_000).check("layer", self.layer)
+        if self.head is not None:
+            Number(int, 0, 100_000).check("head", self.head)
+        if self.scale not in SCALES:
+            raise InputError(f"unknown scale {self.scale!r}: use one of {', '.join(SCALES)}")
+        if self.aggregation not in AGGREGATIONS:
+            raise InputError(f"unknown aggregation {self.aggregation!r}: use one of {', '.join(AGGREGATIONS)}")
+        check_text("the prompt", self.prompt)
