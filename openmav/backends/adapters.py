@@ -80,11 +80,13 @@ class FamilyAdapter:
     attn_norm: str | None = None  # post_ln only: the norm after the attention sum
     mlp_norm: str | None = None  # post_ln only: the norm after the MLP sum
     mixers: tuple[str, ...] = ()  # non-attention token mixers of hybrid layers
+    attention_layers: tuple[int, ...] | None = None  # inferred rows: the layers whose attention returns weights
     n_heads: int | None = None  # an explicit count (inferred rows: from the attention weights' shape)
     n_heads_attr: str = "num_attention_heads"
     n_kv_heads_attr: str | None = "num_key_value_heads"
     head_dim_attr: str | None = "head_dim"
     residual_scale_attr: str | None = None  # Granite: residual_multiplier
+    residual_scale: float | None = None  # inferred rows: a multiplier found by least squares and then verified
     logit_scale_attr: str | None = None  # Cohere: logits * logit_scale
     logit_divisor_attr: str | None = None  # Granite: logits / logits_scaling
     softcap_attr: str | None = "final_logit_softcapping"
@@ -133,7 +135,7 @@ ADAPTERS: tuple[FamilyAdapter, ...] = (
     FamilyAdapter("stablelm", ("stablelm",), notes="parallel residual when use_parallel_residual"),
     FamilyAdapter("persimmon", ("persimmon",), o_proj="self_attn.dense",
                   final_norm="model.final_layernorm"),
-    FamilyAdapter("moe", ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "phimoe", "minimax", "dots1"),
+    FamilyAdapter("moe", ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "phimoe", "dots1"),
                   moe=True, down_proj=None, notes="sparse MoE MLP: neurons per expert are not exposed"),
     FamilyAdapter("gpt_oss", ("gpt_oss",), sinks=True, moe=True, down_proj=None,
                   notes="attention sinks: each row's missing mass went to the sink"),

@@ -28,7 +28,7 @@ import torch
 
 from ..errors import UnsupportedModelError
 from .adapters import FamilyAdapter
-from .parts import N_HEADS_ATTRS, N_LAYERS_ATTRS, config_int, text_config
+from .parts import N_HEADS_ATTRS, N_LAYERS_ATTRS, SOFTCAP_ATTRS, config_int, text_config
 from .probe import probe_forward
 
 SKIP_TOWERS = ("vision", "visual", "image", "audio", "speech", "vq", "patch", "img", "mtp")
@@ -98,23 +98,22 @@ def infer_adapter(model) -> FamilyAdapter:
     hidden = config_int(tcfg, "hidden_size", "n_embd", "d_model", "dim", "embed_dim")
     blocks_path = _blocks_path(model, config_int(tcfg, *N_LAYERS_ATTRS))
     blocks = list(model.get_submodule(blocks_path))
-    everything = [m for b in blocks for m in b.modules()]
-    outside = [m for m in model.modules() if _is_norm(m)]
     try:
-        run = probe_forward(model, [*everything, *outside], inputs_of=blocks)
+        run = probe_forward(model, list(model.modules()), inputs_of=blocks)
     except Exception as exc:
         raise UnsupportedModelError(f"the probe forward failed ({type(exc).__name__})") from exc
     if any(b not in run.outputs for b in blocks):
         raise UnsupportedModelError(f"the blocks {blocks_path!r} did not run on text input")
     hidden = hidden or run.outputs[blocks[0]].shape[-1]
-    attn_paths, mixer_paths = set(), set()
+    attn_paths, mixer_paths, attention_layers = set(), set(), []
     first_attn, n_heads = None, None
-    for b in blocks:
+    for i, b in enumerate(blocks):
         pattern = next((m for m in b.modules() if m in run.weights and m is not b), None)
         if pattern is not None:
             attn_paths.add(_rel(pattern, b))
             first_attn = first_attn or b
             n_heads = n_heads or int(run.weights[pattern].shape[1])
+            attention_layers.append(i)
         else:
             mixer_paths.add(_mixer_path(b, run, hidden))
     if len(attn_paths) > 1:
@@ -140,8 +139,11 @@ def infer_adapter(model) -> FamilyAdapter:
         down_proj=down, final_norm=final_norm, unembed=unembed, attn_out=a_out, mlp_out=m_out,
         attn_norm=norms[0], mlp_norm=norms[1], mixers=tuple(sorted(mixer_paths)),
         n_heads=n_heads, n_heads_attr=next((a for a in N_HEADS_ATTRS if config_int(tcfg, a)), "num_attention_heads"),
-        residual_scale_attr=scale_attr, logit_scale_attr=logit_attrs[0], logit_divisor_attr=logit_attrs[1],
-        sinks=any("sinks" in n for n, _ in ref.named_parameters()), moe=moe, notes="inferred from the module tree",
+        residual_scale_attr=scale_attr if isinstance(scale_attr, str) else None,
+        residual_scale=scale_attr if isinstance(scale_attr, float) else None, attention_layers=tuple(attention_layers),
+        logit_scale_attr=logit_attrs[0], logit_divisor_attr=logit_attrs[1], softcap_attr=logit_attrs[2],
+        sinks=any("sink" in n for b in blocks for n, _ in b.named_parameters()), moe=moe,
+        notes="inferred from the module tree",
     )
     return row
 
@@ -195,6 +197,11 @@ def _sub_block_outputs(model, block, run, hidden, attn_path, o_proj, mlp_path, d
             total = s * run.outputs[named[a]] + (0 if m is None else s * run.outputs[named[m]])
             if float((total - delta).abs().max()) <= tol:
                 return _shape_name(a, m, attn_path, mlp_path), a, m, (None, None), attr
+    for a, m in itertools.product(a_cands, m_cands):  # a residual multiplier the config does not name
+        total = run.outputs[named[a]] + (0 if m is None else run.outputs[named[m]])
+        s = float((total * delta).sum() / (total * total).sum().clamp_min(1e-30))
+        if s > 0 and float((s * total - delta).abs().max()) <= tol:
+            return _shape_name(a, m, attn_path, mlp_path), a, m, (None, None), s
     for a, m in itertools.product(a_cands, m_cands[1:]):
         for n1, n2 in itertools.permutations(norms, 2):
             with torch.no_grad():
@@ -213,8 +220,20 @@ def _shape_name(a: str, m: str | None, attn_path: str, mlp_path: str | None) -> 
     return "pre_norm"
 
 
+def _chain_after(model, blocks, run) -> str | None:
+    """The outermost modules that ran after the last block, in order, joined with ``+``."""
+    if blocks[-1] not in run.order:
+        return None
+    after = run.order[len(run.order) - run.order[::-1].index(blocks[-1]):]
+    holders = {m for m in model.modules() if any(b is blocks[-1] for b in m.modules())}
+    names = {m: n for n, m in model.named_modules()}
+    chain = [m for m in after if m not in holders and m in names]
+    chain = [m for m in chain if not any(m is not o and any(c is m for c in o.modules()) for o in chain)]
+    return "+".join(names[m] for m in dict.fromkeys(chain)) or None
+
+
 def _head(model, blocks, run, tcfg):
-    """(final norm path or None, unembedding path, (logit scale attr, logit divisor attr))."""
+    """(final norm path or None, unembedding path, (logit scale attr, logit divisor attr, softcap attr))."""
     last = run.outputs[blocks[-1]]
     inside = {m for b in blocks for m in b.modules()}
     norms = [None] + [n for n, m in model.named_modules() if _is_norm(m) and m not in inside
@@ -228,13 +247,21 @@ def _head(model, blocks, run, tcfg):
     heads += [".".join(parts[:i]) for i in range(len(parts) - 1, 0, -1)]
     scales = [(None, None)] + [pair for pair in LOGIT_SCALES
                                if any(isinstance(getattr(tcfg, a, None), (int, float)) for a in pair if a)]
-    cap = getattr(tcfg, "final_logit_softcapping", None)
-    for norm, head, (mul, div) in itertools.product(norms, heads, scales):
+    cap_attr = next((a for a in SOFTCAP_ATTRS if isinstance(getattr(tcfg, a, None), (int, float))), None)
+    cap = getattr(tcfg, cap_attr) if cap_attr else None
+    chain = _chain_after(model, blocks, run)
+    candidates = list(itertools.product(norms, heads))
+    if chain and "+" in chain:
+        candidates.append((None, chain))
+    for (norm, head), (mul, div) in itertools.product(candidates, scales):
         with torch.no_grad():
-            x = last if norm is None else model.get_submodule(norm)(last.to(_dtype(model)))
             try:
-                y = model.get_submodule(head)(x.to(_dtype(model)))
-            except Exception:
+                x = last if norm is None else model.get_submodule(norm)(last.to(_dtype(model)))
+                y = last.to(_dtype(model)) if norm is None else x
+                for path in head.split("+"):
+                    y = model.get_submodule(path)(y)
+                    y = y if isinstance(y, torch.Tensor) else y[0]
+            except Exception:  # noqa: BLE001 - not a head that takes this input
                 continue
             y = y if isinstance(y, torch.Tensor) else None
             if y is None or run.logits is None or y.shape != run.logits.shape:
@@ -243,7 +270,7 @@ def _head(model, blocks, run, tcfg):
             if cap:
                 y = torch.tanh(y / cap) * cap
         if float((y - run.logits).abs().max()) <= 1e-4 * max(1.0, float(run.logits.abs().max())):
-            return norm, head, (mul, div)
+            return norm, head, (mul, div, cap_attr)
     raise UnsupportedModelError("no final norm and unembedding turn the last block's output into the model's logits")
 
 

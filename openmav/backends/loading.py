@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -81,10 +81,11 @@ def find_parts(model, verify: bool = True) -> ModelParts:
 
     Either way the row is checked on the model itself (:func:`openmav.backends.verify.verify_parts`)
     unless ``verify`` is false; a declared row that fails (a variant of the family) falls
-    back to inference.  One line names what failed when neither passes.
+    back to inference.  A cached step is checked against an uncached forward too: where
+    they differ, the step loop runs the whole sequence each step (``parts.cached_steps``).  One line names what failed when neither passes.
     """
     from .infer import infer_adapter
-    from .verify import verify_parts
+    from .verify import cached_steps_match, verify_parts
 
     config = model.config
     model_type = getattr(config, "model_type", None)
@@ -95,13 +96,14 @@ def find_parts(model, verify: bool = True) -> ModelParts:
             parts = ModelParts.resolve(model, declared)
             if verify:
                 verify_parts(model, parts)
+                return replace(parts, cached_steps=cached_steps_match(model))
             return parts
         except Exception as exc:  # noqa: BLE001 - any failure of a row is a reason to try inference
             failures.append(f"declared adapter {declared.name}: {_reason(exc)}")
     try:
         parts = ModelParts.resolve(model, infer_adapter(model), inferred=True)
         verify_parts(model, parts)
-        return parts
+        return replace(parts, cached_steps=cached_steps_match(model))
     except Exception as exc:  # noqa: BLE001 - reported as one line below
         failures.append(f"inferred adapter: {_reason(exc)}")
     raise UnsupportedModelError(f"{type(model).__name__} ({model_type}) cannot be read safely: "
@@ -129,10 +131,10 @@ def wrap_model(model, tokenizer, name: str = "model", device: str | torch.device
         raise UnsupportedModelError(f"{type(model).__name__} has no language-model head: these views need a causal "
                                     "LM (AutoModelForCausalLM); for encoders use the extraction API "
                                     "(openmav.analysis.AttentionExtractor)")
-    parts = find_parts(model, verify=verify)
     dev = next(model.parameters()).device if device is None else resolve_device(str(device))
     if device is not None and dev != next(model.parameters()).device:
         model.to(dev)
+    parts = find_parts(model, verify=verify)
     _prepare_tokenizer(tokenizer)
     return LoadedModel(model=model, tokenizer=tokenizer, parts=parts, name=name, device=dev, source=source)
 
@@ -216,5 +218,8 @@ def load_model(name: str | None = None, device: str | None = "auto", dtype: str 
     model.to(dev)
     model.eval()
     loaded = wrap_model(model, tokenizer, name=src.name, source=src.kind)
+    parts = loaded.parts
+    if progress and (parts.inferred or len(parts.attention_layers) < parts.n_layers):
+        progress(parts.describe())  # said once: an inferred adapter, or which layers have attention
     loaded.load_seconds = time.perf_counter() - start
     return loaded

@@ -71,6 +71,7 @@ class ModelParts:
     logit_scale: float = 1.0
     final_logit_softcap: float | None = None
     inferred: bool = False
+    cached_steps: bool = True  # a cached step was checked equal to an uncached forward at load
 
     @property
     def shape(self) -> str:
@@ -143,12 +144,17 @@ class ModelParts:
         attn, o_proj, attn_out, mlp, mlp_out, down, a_norm, m_norm = ([] for _ in range(8))
         for i, block in enumerate(blocks):
             a = find_module(block, adapter.attn)
-            mixer = None if a is not None else next(
-                (m for m in (find_module(block, p) for p in adapter.mixers) if m is not None), None)
+            if adapter.attention_layers is not None and i not in adapter.attention_layers:
+                a = None  # an attention-like module that returns no weights: a mixer here
+            mixer, mixer_path = None, None
+            if a is None:
+                mixer_path = next((p for p in adapter.mixers if find_module(block, p) is not None), None)
+                if mixer_path is None and adapter.attention_layers is not None:
+                    mixer_path = adapter.attn if find_module(block, adapter.attn) is not None else None
+                mixer = find_module(block, mixer_path)
             if a is None and mixer is None:
                 raise UnsupportedModelError(f"block {i} ({type(block).__name__}) has neither attention "
                                             f"{adapter.attn!r} nor a mixer {adapter.mixers}")
-            mixer_path = next((p for p in adapter.mixers if find_module(block, p) is not None), None)
             attn.append(a)
             o_proj.append(find_module(block, adapter.o_proj) if a is not None else None)
             if a is not None and o_proj[-1] is None:
@@ -159,15 +165,16 @@ class ModelParts:
             a_path, m_path = adapter.paths(attn=adapter.attn if a is not None else mixer_path)
             out = get_module(block, a_path) if a is not None else find_module(block, mixer_path)
             attn_out.append(out)
-            mlp_out.append(find_module(block, m_path))
-            if m_path and mlp_out[-1] is None and m is not None:
-                raise UnsupportedModelError(f"block {i} has no MLP output module {m_path!r}")
+            mlp_out.append(find_module(block, m_path) or m)  # a hybrid's layer may lack the post-norm
             a_norm.append(find_module(block, adapter.attn_norm))
             m_norm.append(find_module(block, adapter.mlp_norm))
             if adapter.shape == "post_ln" and (a_norm[-1] is None or m_norm[-1] is None):
                 raise UnsupportedModelError(f"block {i} lacks the post-LayerNorms {adapter.attn_norm!r}, "
                                             f"{adapter.mlp_norm!r}")
-        unembed = get_module(model, adapter.unembed) if adapter.unembed else model.get_output_embeddings()
+        if adapter.unembed and "+" in adapter.unembed:  # a chain of modules after the last block (a head with
+            unembed = torch.nn.Sequential(*(get_module(model, p) for p in adapter.unembed.split("+")))  # a transform)
+        else:
+            unembed = get_module(model, adapter.unembed) if adapter.unembed else model.get_output_embeddings()
         if unembed is None:
             raise UnsupportedModelError(f"{type(model).__name__} has no language-model head (no output embeddings): "
                                         "load it as a causal LM (AutoModelForCausalLM)")
@@ -190,9 +197,22 @@ class ModelParts:
             mlp=tuple(mlp), mlp_out=tuple(mlp_out), down_proj=tuple(down), attn_norm=tuple(a_norm),
             mlp_norm=tuple(m_norm), final_norm=final_norm, unembed=unembed, n_layers=len(blocks),
             n_heads=n_heads or 1, n_kv_heads=kv or n_heads or 1, head_dim=head_dim or 1,
-            residual_scale=config_float(config, adapter.residual_scale_attr) or 1.0, logit_scale=scale,
-            final_logit_softcap=config_float(config, adapter.softcap_attr), inferred=inferred,
+            residual_scale=adapter.residual_scale or config_float(config, adapter.residual_scale_attr) or 1.0,
+            logit_scale=scale,
+            final_logit_softcap=_softcap(config, adapter.softcap_attr), inferred=inferred,
         )
+
+
+SOFTCAP_ATTRS = ("final_logit_softcapping", "logits_soft_cap", "final_logit_softcap")
+
+
+def _softcap(config, attr: str | None) -> float | None:
+    """The final logit soft-cap: the row's attribute, else any of :data:`SOFTCAP_ATTRS`."""
+    for name in (attr, *SOFTCAP_ATTRS):
+        value = config_float(config, name)
+        if value:
+            return value
+    return None
 
 
 def _in_features(module) -> int | None:

@@ -53,6 +53,7 @@ class Probe:
     outputs: dict = field(default_factory=dict)  # module -> first output tensor (a copy)
     weights: dict = field(default_factory=dict)  # module -> attention weights (a copy)
     inputs: dict = field(default_factory=dict)  # module -> first input tensor (a copy)
+    order: list = field(default_factory=list)  # modules in the order their forwards finished
 
 
 def probe_forward(model, modules=(), inputs_of=(), edits: dict | None = None,
@@ -68,6 +69,7 @@ def probe_forward(model, modules=(), inputs_of=(), edits: dict | None = None,
 
     def keep(module):
         def hook(mod, args, output):
+            probe.order.append(mod)
             t = first_tensor(output)
             if t is not None and t.dim() == 2 and t.shape[0] == ids.shape[1]:
                 t = t.unsqueeze(0)  # [b * p, d] (OPT's MLP): the probe's batch is one

@@ -66,6 +66,44 @@ def verify_parts(model, parts: ModelParts) -> None:
         _check_head_slices(model, parts, run, tol)
 
 
+def cached_steps_match(model) -> bool:
+    """Whether a prefill plus three cached steps give the logits of one uncached forward.
+
+    Checked at load with the model's own attention implementation and with eager
+    attention; where it fails (a cache this loop cannot carry), the step loop runs the
+    whole sequence each step.
+    """
+
+    return all(_cached_steps_match(model, impl) for impl in (None, "eager"))
+
+
+def _cached_steps_match(model, impl: str | None) -> bool:
+    from ..capture.cached_forward import CachedForward
+    from ..capture.hooks import attention_implementation
+    from .probe import probe_ids
+
+    from .parts import config_int, text_config
+
+    ids = probe_ids(model)
+    window = config_int(text_config(model.config), "sliding_window", "attention_window_size", "window_size",
+                        "keep_window_size", "local_window_size")
+    length = window + 4 if window and window + 4 <= 64 else 12  # cross a short window; beyond a top-8 selection
+    ids = ids.repeat(1, length // ids.shape[1] + 1)[:, :length]
+    for n in sorted({3, length - window + 2} if window and window + 4 <= 64 else {3}):  # prefill past, then up to
+        try:                                                                          # the window
+            with torch.no_grad(), attention_implementation(model, impl):
+                step = CachedForward(model)
+                step(ids[:, :-n])
+                cached = torch.stack([step(ids[:, i:i + 1]).logits[0, -1].float()
+                                      for i in range(length - n, length)])
+                full = model(input_ids=ids, use_cache=False).logits[0, -n:].float()
+        except Exception:  # noqa: BLE001 - a cache that fails to run is a cache not to use
+            return False
+        if _rel(cached, full) > tolerance(model):
+            return False
+    return True
+
+
 def _get(run, module, what: str, layer: int):
     if module not in run.outputs and module not in run.inputs:
         raise UnsupportedModelError(f"layer {layer}: the {what} ({type(module).__name__}) did not run in a forward")

@@ -20,21 +20,23 @@ STATE_NAMES = (("past_key_values", None), ("cache_params", "cache_params"), ("ca
 
 
 class CachedForward:
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, stateless: bool = False, output_attentions: bool = False):
         self.model = model
+        # older attention modules return their weights only when asked (GPT-1, BART-style decoders)
+        self.extra = {"output_attentions": True} if output_attentions else {}
         params = inspect.signature(model.forward).parameters
         self.kv_name = "cache" if "cache" in params else "past_key_values"
         self.wants_position = "cache_position" in params
         self.state: tuple[str, object] | None = None
         self.seen = 0
         self.history: torch.Tensor | None = None
-        self.stateless = False  # the model returned no cache: every call runs on the whole sequence
+        self.stateless = stateless  # no usable cache: every call runs on the whole sequence
 
     def __call__(self, ids: torch.Tensor):
         self.history = ids if self.history is None else torch.cat([self.history, ids], 1)
         if self.stateless:
-            return self.model(input_ids=self.history, use_cache=False)
-        kwargs = dict(input_ids=ids, use_cache=True)
+            return self.model(input_ids=self.history, use_cache=False, **self.extra)
+        kwargs = dict(input_ids=ids, use_cache=True, **self.extra)
         if self.state is not None:
             kwargs[self.state[0]] = self.state[1]
         if self.wants_position:

@@ -123,8 +123,8 @@ def generate_steps(lm: LoadedModel, prompt: str | None = None, max_new_tokens: i
     tokens = list(texts.many(input_ids[0].tolist()))
     prompt_len = input_ids.shape[1]
     ids = input_ids
-    forward = CachedForward(model)
     impl = "eager" if capture.attention and parts.has_attention else None
+    forward = CachedForward(model, stateless=not parts.cached_steps, output_attentions=impl is not None)
     pool = ThreadPoolExecutor(1, thread_name_prefix="openmav-lens") \
         if capture.logit_lens and capture.lens_in_background else None
     with torch.inference_mode(), attention_implementation(model, impl), _shutdown(pool), \

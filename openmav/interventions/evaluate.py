@@ -77,7 +77,7 @@ def batched_logits(lm, ids: torch.Tensor, batch: int, first: int, share_prefix: 
                 logits = _logits(lm, ids)
             if logits.shape[0] == batch:
                 return logits
-        except RuntimeError:
+        except (RuntimeError, ValueError):  # shapes fixed before the expansion (ALiBi, masks, output views)
             pass
         lm.extra["share_prefix"] = False
     return _logits(lm, ids.expand(batch, -1))
