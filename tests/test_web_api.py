@@ -188,7 +188,7 @@ def test_jobs_bounded_streamed_and_cancellable(client):
     second = jobs.submit("test", {}, slow)
     with pytest.raises(BusyError, match="at most 2 jobs"):
         jobs.submit("test", {}, slow)
-    assert client.post("/api/jobs/999/cancel").status_code == 422
+    assert client.post("/api/jobs/999/cancel").status_code == 404
     assert client.post(f"/api/jobs/{second.id}/cancel").json()["status"] == "cancelled"  # still queued
     release.set()
     with client.stream("GET", f"/api/jobs/{first.id}/events") as stream:

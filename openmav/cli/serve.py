@@ -1,25 +1,45 @@
-"""``mav serve``: the web explorer on a local port (127.0.0.1 unless asked otherwise)."""
+"""``mav serve``: the web explorer on a local port (127.0.0.1 unless asked otherwise).
+
+The API has no authentication, so any host that is not loopback (0.0.0.0, "", an
+interface's address or name) is refused unless ``--allow-remote`` is given, and then
+with a warning.  The host is checked before torch or the model loads.
+"""
 
 from __future__ import annotations
 
 import argparse
 import socket
+import sys
 
 from ..errors import InputError
+from ..web.hosts import is_loopback
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Serve the web explorer: attention heads, head ablation, studies "
-                                            "and circuit discovery for one model, loaded once.")
+                                            "and circuit discovery for one model, loaded once.  The page is at "
+                                            "http://HOST:PORT/, the API's schema at /openapi.json and its docs "
+                                            "at /docs.")
     p.add_argument("--model", default=None, help="bundled name (smollm2-135m, gemma3-270m), .gguf path, "
                                                  "model directory or hub id (default: the bundled default)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1: this machine only); any address that is not "
+                        "loopback needs --allow-remote")
+    p.add_argument("--allow-remote", action="store_true",
+                   help="allow a --host other machines can reach (e.g. 0.0.0.0); the API has no authentication, "
+                        "so anyone who reaches it can run the model")
     p.add_argument("--port", type=int, default=8050, help="port (default 8050)")
     p.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default auto)")
     p.add_argument("--dtype", default="float32", help="float32, float16 or bfloat16 (default float32)")
     p.add_argument("--max-prompt-tokens", type=int, default=128, help="longest prompt accepted (default 128)")
     p.add_argument("--max-jobs", type=int, default=4, help="studies/circuits queued or running at once (default 4)")
     return p
+
+
+def _check_host(host: str, allow_remote: bool) -> None:
+    if not is_loopback(host) and not allow_remote:
+        raise InputError(f"--host {host!r} is not loopback: other machines could use the model through an API "
+                         "without authentication; keep the default 127.0.0.1, or pass --allow-remote to accept that")
 
 
 def _check_port(host: str, port: int) -> None:
@@ -33,21 +53,25 @@ def _check_port(host: str, port: int) -> None:
 
 
 def run(args) -> int:
+    _check_host(args.host, args.allow_remote)  # before torch: a refused host fails at once
+    if args.max_prompt_tokens < 1 or args.max_jobs < 1:
+        raise InputError("--max-prompt-tokens and --max-jobs must be >= 1")
+    _check_port(args.host, args.port)
+    remote = not is_loopback(args.host)
+    if remote:
+        print(f"warning: --allow-remote: listening on {args.host or 'every interface'}:{args.port}; the API has "
+              "no authentication: anyone who can reach this address can run the model", file=sys.stderr, flush=True)
+
     import uvicorn
 
     from ..backends.loading import load_model
     from ..web.app import create_app
 
-    if args.max_prompt_tokens < 1 or args.max_jobs < 1:
-        raise InputError("--max-prompt-tokens and --max-jobs must be >= 1")
-    _check_port(args.host, args.port)
     lm = load_model(args.model, device=args.device, dtype=args.dtype,
                     progress=lambda msg: print(msg, flush=True))
-    app = create_app(lm, max_prompt_tokens=args.max_prompt_tokens, max_jobs=args.max_jobs)
+    app = create_app(lm, max_prompt_tokens=args.max_prompt_tokens, max_jobs=args.max_jobs, hosts=[args.host])
     shown = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"OpenMAV explorer for {lm.name}: http://{shown}:{args.port}/  (API docs at /docs; Ctrl+C stops)",
-          flush=True)
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: listening on {args.host}: anyone who can reach this address can use the model", flush=True)
+    docs = "API docs at /docs, schema at /openapi.json" if app.state.docs else "API schema at /openapi.json"
+    print(f"OpenMAV explorer for {lm.name}: http://{shown}:{args.port}/  ({docs}; Ctrl+C stops)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

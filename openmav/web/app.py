@@ -4,7 +4,13 @@
 FIFO gate (never two forwards at once); evaluating all heads, studies and circuit
 discovery are jobs run one after another, with progress by polling (``GET /api/jobs/{id}``) or
 Server-Sent Events (``GET /api/jobs/{id}/events``).  Bad input answers 422 with
-a message naming the valid range; no request can stop the server.
+a message naming the valid range, an unknown job 404; every error answer is
+``{"detail": "..."}`` (:class:`~openmav.web.schemas.ErrorResponse`), as the OpenAPI
+schema declares, and no request can stop the server.
+
+Only requests addressed to this server are answered (:class:`~openmav.web.hosts.HostCheck`,
+400 otherwise: DNS rebinding); no CORS headers are sent.  ``/docs`` is Swagger UI
+served from the ``fastapi-offline`` package's copy, so it works without a network.
 """
 
 from __future__ import annotations
@@ -12,21 +18,83 @@ from __future__ import annotations
 import asyncio
 import json
 from importlib import resources
+from typing import Iterable
 
-from fastapi import FastAPI, Request
-from fastapi.encoders import jsonable_encoder
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..backends.loading import LoadedModel
-from ..errors import InputError, OpenMavError
+from ..errors import OpenMavError
 from . import schemas as S
+from .hosts import HostCheck
 from .jobs import BusyError, JobQueue, ModelGate
 from .service import ExplorerService, _plain
 from .tasks import circuit_job, evaluate_job, features, study_job
 
 STATIC = resources.files("openmav.web") / "static"
+
+
+def docs_assets():
+    """The folder of Swagger UI's script and style (the ``fastapi-offline`` package), or None if missing."""
+    try:
+        folder = resources.files("fastapi_offline") / "static"
+    except ImportError:
+        return None
+    return folder if (folder / "swagger-ui-bundle.js").is_file() and (folder / "swagger-ui.css").is_file() else None
+
+
+class EventStream(StreamingResponse):
+    """Server-Sent Events (so the schema declares ``text/event-stream``)."""
+
+    media_type = "text/event-stream"
+
+
+#: One event of a job's stream, as OpenAPI before 3.2 describes an event stream (each event, not the whole).
+JOB_EVENT = {"description": "one event per progress step, then one `end` event",
+             "content": {"text/event-stream": {"schema": {
+                 "type": "object", "required": ["event", "data"],
+                 "properties": {"event": {"type": "string", "enum": ["progress", "end"]},
+                                "data": {"type": "string", "contentMediaType": "application/json",
+                                         "description": "progress: the step as a JSON object; "
+                                                        "end: the job's state (JobState) as JSON"}}}}}}
+
+
+_ERRORS = {
+    400: "bad Host header (not this server), or a body that is not JSON text",
+    404: "no such job",
+    422: "invalid input; the message names the valid range",
+    429: "busy: too many jobs queued, or the model stayed busy longer than a request may wait",
+    501: "this analysis is not available in this install",
+}
+
+
+def _errors(*codes: int, json_route: bool = True) -> dict:
+    """OpenAPI ``responses`` for 400 (every route) and these error codes, each an
+    :class:`~openmav.web.schemas.ErrorResponse` in JSON.
+
+    A route whose own answer is not JSON (``json_route=False``) names the schema by reference, as
+    FastAPI would file a ``model`` under the route's media type.
+    """
+    codes = (400, *codes)
+    if json_route:
+        return {code: {"model": S.ErrorResponse, "description": _ERRORS[code]} for code in codes}
+    ref = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+    return {code: {"description": _ERRORS[code], "content": ref} for code in codes}
+
+
+def _safe(value):
+    """``value`` with every string made writable as UTF-8 (a lone surrogate becomes ``\\ud800``)."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, (list, tuple)):
+        return [_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {_safe(k): _safe(v) for k, v in value.items()}
+    return value if value is None or isinstance(value, (int, float, bool)) else _safe(str(value))
 
 
 def _ranges(service: ExplorerService) -> dict[str, str]:
@@ -48,30 +116,43 @@ def _error_handlers(app: FastAPI, service: ExplorerService) -> None:
             loc = [str(x) for x in err.get("loc", ()) if x != "body"]
             hint = ranges.get(loc[-1] if loc else "", "")
             lines.append(f"{'.'.join(loc) or 'request'}: {err.get('msg', 'invalid')}" + (f" ({hint})" if hint else ""))
-        return JSONResponse({"detail": "; ".join(lines), "errors": jsonable_encoder(exc.errors())}, status_code=422)
+        errors = [{"type": e.get("type"), "loc": list(e.get("loc", ())), "msg": e.get("msg")} for e in exc.errors()]
+        return JSONResponse(_safe({"detail": "; ".join(lines), "errors": errors}), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        """404, 405 and FastAPI's 400 (a body that is not JSON text) as ``{"detail": "..."}``."""
+        return JSONResponse(_safe({"detail": str(exc.detail)}), status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
 
     @app.exception_handler(BusyError)
     async def busy(request: Request, exc: BusyError):
-        return JSONResponse({"detail": str(exc)}, status_code=429)
+        return JSONResponse(_safe({"detail": str(exc)}), status_code=429)
 
     @app.exception_handler(OpenMavError)
     async def user_error(request: Request, exc: OpenMavError):
-        return JSONResponse({"detail": str(exc)}, status_code=422)
+        return JSONResponse(_safe({"detail": str(exc)}), status_code=422)
 
     @app.exception_handler(ImportError)
     async def missing(request: Request, exc: ImportError):
-        return JSONResponse({"detail": f"this analysis is not available in this install ({exc})"}, status_code=501)
+        return JSONResponse(_safe({"detail": f"this analysis is not available in this install ({exc})"}),
+                            status_code=501)
 
     @app.exception_handler(Exception)
     async def crash(request: Request, exc: Exception):
-        return JSONResponse({"detail": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
+        return JSONResponse(_safe({"detail": f"internal error: {type(exc).__name__}: {exc}"}), status_code=500)
 
 
 def create_app(lm: LoadedModel, max_prompt_tokens: int = 128, max_jobs: int = 4,
-               request_wait_s: float = 120.0) -> FastAPI:
-    """The explorer app for ``lm``: prompts up to ``max_prompt_tokens``, at most ``max_jobs`` jobs."""
-    app = FastAPI(title="OpenMAV explorer", version="1",
+               request_wait_s: float = 120.0, hosts: Iterable[str] = ()) -> FastAPI:
+    """The explorer app for ``lm``: prompts up to ``max_prompt_tokens``, at most ``max_jobs`` jobs.
+
+    Requests must be addressed to 127.0.0.1, localhost, [::1] or one of ``hosts`` (the
+    host ``mav serve`` binds), with the server's port; any other Host header answers 400.
+    """
+    app = FastAPI(title="OpenMAV explorer", version="1", docs_url=None, redoc_url=None,
                   description="Attention heads, head ablation, studies and circuits of one loaded model.")
+    app.add_middleware(HostCheck, hosts=list(hosts))
     service = ExplorerService(lm, max_prompt_tokens=max_prompt_tokens)
     gate = ModelGate()
     jobs = JobQueue(gate, max_jobs=max_jobs)
@@ -84,21 +165,21 @@ def create_app(lm: LoadedModel, max_prompt_tokens: int = 128, max_jobs: int = 4,
     def get_job(job_id: int):
         job = jobs.jobs.get(job_id)
         if job is None:
-            raise InputError(f"no job {job_id}: known jobs are {sorted(jobs.jobs) or 'none'}")
+            raise HTTPException(404, f"no job {job_id}: known jobs are {sorted(jobs.jobs) or 'none'}")
         return job
 
-    @app.get("/api/model", response_model=S.ModelInfo)
+    @app.get("/api/model", response_model=S.ModelInfo, responses=_errors())
     def model_info():
         p = lm.parts
         return S.ModelInfo(name=lm.name, n_layers=p.n_layers, n_heads=p.n_heads, n_kv_heads=p.n_kv_heads,
                            vocab_size=service.vocab_size, max_prompt_tokens=max_prompt_tokens, max_jobs=max_jobs,
                            presets=service.presets, features=features())
 
-    @app.post("/api/tokenize", response_model=list[S.TokenInfo])
+    @app.post("/api/tokenize", response_model=list[S.TokenInfo], responses=_errors(422))
     def tokenize(req: S.PromptRequest):
         return service.tokens(service.encode(req.prompt))
 
-    @app.post("/api/attention", response_model=S.AttentionResponse)
+    @app.post("/api/attention", response_model=S.AttentionResponse, responses=_errors(422, 429))
     def attention(req: S.AttentionRequest):
         ids = service.encode(req.prompt)
         for h in req.heads:
@@ -109,14 +190,14 @@ def create_app(lm: LoadedModel, max_prompt_tokens: int = 128, max_jobs: int = 4,
                  for h in req.heads]
         return {"tokens": service.tokens(ids), "heads": heads}
 
-    @app.post("/api/predict", response_model=S.PredictResponse)
+    @app.post("/api/predict", response_model=S.PredictResponse, responses=_errors(422, 429, 501))
     def predict(req: S.PredictRequest):
         ids = service.encode(req.prompt)
         ablations = service.to_ablations(req.ablations)
         with held():
             return service.predict(ids, ablations, req.position, req.token_id, req.top_k)
 
-    @app.get("/api/head_scores")
+    @app.get("/api/head_scores", responses=_errors(422, 429, 501))
     def head_scores():
         """Previous-token, duplicate-token and induction score of every head, ``[layer][head]``."""
         with held():
@@ -126,37 +207,38 @@ def create_app(lm: LoadedModel, max_prompt_tokens: int = 128, max_jobs: int = 4,
         ahead = sum(1 for j in jobs.active() if j.id < job.id)
         return S.JobStarted(job_id=job.id, status=job.status, queued_ahead=ahead)
 
-    @app.post("/api/evaluations", response_model=S.JobStarted)
+    @app.post("/api/evaluations", response_model=S.JobStarted, responses=_errors(422, 429, 501))
     def start_evaluation(req: S.EvaluateRequest):
         """Start evaluating all heads (each ablated alone: KL and change of the top token's probability,
         ``[layer][head]``); returns a job id, with one progress event per batched forward."""
         return started(evaluate_job(service, jobs, req))
 
-    @app.post("/api/studies", response_model=S.JobStarted)
+    @app.post("/api/studies", response_model=S.JobStarted, responses=_errors(422, 429, 501))
     def start_study(req: S.StudyRequest):
         """Start a generic (largest KL) or targeted (make ``target_id`` the top token) study; returns a job id."""
         return started(study_job(service, jobs, req))
 
-    @app.post("/api/circuit", response_model=S.JobStarted)
+    @app.post("/api/circuit", response_model=S.JobStarted, responses=_errors(422, 429, 501))
     def start_circuit(req: S.CircuitRequest):
         """Start circuit discovery (attribution patching, verified by ablation); returns a job id."""
         return started(circuit_job(service, jobs, req))
 
-    @app.get("/api/jobs", response_model=list[S.JobState])
+    @app.get("/api/jobs", response_model=list[S.JobState], responses=_errors())
     def list_jobs():
         return [j.summary() for j in sorted(jobs.jobs.values(), key=lambda j: j.id)]
 
-    @app.get("/api/jobs/{job_id}", response_model=S.JobState)
+    @app.get("/api/jobs/{job_id}", response_model=S.JobState, responses=_errors(404, 422))
     def job_state(job_id: int):
         return get_job(job_id).summary()
 
-    @app.post("/api/jobs/{job_id}/cancel", response_model=S.JobState)
+    @app.post("/api/jobs/{job_id}/cancel", response_model=S.JobState, responses=_errors(404, 422))
     def cancel_job(job_id: int):
         job = get_job(job_id)
         jobs.cancel(job)
         return job.summary()
 
-    @app.get("/api/jobs/{job_id}/events")
+    @app.get("/api/jobs/{job_id}/events", response_class=EventStream,
+             responses={200: JOB_EVENT, **_errors(404, 422, json_route=False)})
     async def job_events(job_id: int):
         """Server-Sent Events: one ``progress`` event per step, then one ``end`` event with the job's state."""
         job = get_job(job_id)
@@ -172,12 +254,24 @@ def create_app(lm: LoadedModel, max_prompt_tokens: int = 128, max_jobs: int = 4,
                     return
                 await asyncio.sleep(0.05)
 
-        return StreamingResponse(stream(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"})
+        return EventStream(stream(), headers={"Cache-Control": "no-cache"})
 
     @app.get("/", include_in_schema=False)
     def index():
         return FileResponse(str(STATIC / "index.html"))
 
+    assets = docs_assets()
+    if assets is not None:
+        @app.get("/docs", include_in_schema=False)
+        def docs():
+            """Swagger UI from this install's files: no CDN, no validator badge (no request leaves the page)."""
+            return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title}: API",
+                                       swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+                                       swagger_css_url="/docs/assets/swagger-ui.css",
+                                       swagger_favicon_url="/docs/assets/favicon.png",
+                                       oauth2_redirect_url=None, swagger_ui_parameters={"validatorUrl": None})
+
+        app.mount("/docs/assets", StaticFiles(directory=str(assets)), name="docs-assets")
+    app.state.docs = assets is not None
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     return app

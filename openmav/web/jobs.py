@@ -7,15 +7,20 @@ run on the model at once and nobody waits forever behind later arrivals.
 :class:`JobQueue` runs long jobs (evaluating all heads, studies, circuit discovery) one after another
 on a single worker thread.  Each :class:`Job` keeps its progress events (for
 polling and Server-Sent Events), a cancel flag the job function checks, and its
-result or error.  The number of jobs queued or running is bounded.
+result or error.  The number of jobs queued or running is bounded.  When the
+process exits (Ctrl+C on ``mav serve``), every job is cancelled and the worker is
+given up to 5 seconds to stop at the job's next cancel check, so an exit does not
+kill a forward midway (torch aborts the process when that happens).
 """
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import queue
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -136,6 +141,14 @@ class JobQueue:
         self._lock = threading.Lock()
         self._worker = threading.Thread(target=self._run, name="openmav-jobs", daemon=True)
         self._worker.start()
+        atexit.register(_close_at_exit, weakref.ref(self))
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Cancel every job and stop the worker, waiting up to ``timeout`` s for the job it runs."""
+        for job in list(self.jobs.values()):
+            self.cancel(job)
+        self._queue.put(None)
+        self._worker.join(timeout)
 
     def active(self) -> list[Job]:
         return [j for j in self.jobs.values() if not j.finished]
@@ -175,7 +188,10 @@ class JobQueue:
 
     def _run(self) -> None:
         while True:
-            job, fn = self._queue.get()
+            item = self._queue.get()
+            if item is None:  # close()
+                return
+            job, fn = item
             if job.finished:  # cancelled while queued
                 continue
             try:
@@ -188,3 +204,9 @@ class JobQueue:
                 job._set("cancelled" if job.cancel.is_set() else "error", error=str(exc))
             except Exception as exc:  # the worker must outlive any job
                 job._set("error", error=f"{type(exc).__name__}: {exc}")
+
+
+def _close_at_exit(ref) -> None:
+    queue_ = ref()
+    if queue_ is not None:
+        queue_.close(timeout=5.0)

@@ -1,20 +1,51 @@
 """Request and response models of the JSON API (they make its OpenAPI schema).
 
-Pydantic checks types and model-independent bounds; the app then checks layer,
+Pydantic checks types (strictly: ``true`` is not an integer, ``"3"`` not a number),
+model-independent bounds and that text is valid Unicode; the app then checks layer,
 head and token ids against the loaded model and answers 422 naming the valid range.
 """
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 AblationKind = Literal["zero", "mean", "scale", "permute", "sparsify"]
 MAX_PROMPT_CHARS = 4000
+MAX_FACTOR = 1000.0  # a larger scale overflows the logits of a float16 model
 
 
-class HeadRef(BaseModel):
+def _utf8_text(value):
+    """Refuse text that cannot be written as UTF-8 (a lone surrogate such as ``"\\ud800"`` from JSON)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"the text is not valid Unicode: a lone surrogate {value[exc.start]!a} at character "
+                             f"{exc.start} (it has no UTF-8 form); send whole characters") from None
+    return value
+
+
+#: Text the tokenizer can take: valid Unicode (no lone surrogates), checked before any other rule.
+Text = Annotated[str, BeforeValidator(_utf8_text)]
+
+
+class ErrorResponse(BaseModel):
+    """Every error answer: one readable line, and for a 422 from validation the problems one by one."""
+
+    detail: str = Field(description="what is wrong and, where there is one, the valid range")
+    errors: Optional[list[dict]] = Field(None, description="422 from request validation: each problem "
+                                                           "(Pydantic's type, loc, msg)")
+
+
+class _Request(BaseModel):
+    """A request body: strict, so a value is taken only as the type the schema names (``true`` is no integer)."""
+
+    model_config = ConfigDict(strict=True)
+
+
+class HeadRef(_Request):
     layer: int = Field(ge=0, description="layer index, 0-based")
     head: int = Field(ge=0, description="query head index within the layer, 0-based")
 
@@ -23,13 +54,15 @@ class Ablation(HeadRef):
     """One head switched off (or changed) at its slice of the output projection's input."""
 
     kind: AblationKind = "zero"
-    factor: float = Field(0.0, description="scale: the head's output is multiplied by this")
-    threshold: float = Field(0.0, ge=0, description="sparsify: entries with |x| below this become 0")
+    factor: float = Field(0.0, ge=-MAX_FACTOR, le=MAX_FACTOR, allow_inf_nan=False,
+                          description="scale: the head's output is multiplied by this")
+    threshold: float = Field(0.0, ge=0, allow_inf_nan=False,
+                             description="sparsify: entries with |x| below this become 0")
     positions: Optional[list[int]] = Field(None, description="token positions to ablate; all when omitted")
 
 
-class PromptRequest(BaseModel):
-    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+class PromptRequest(_Request):
+    prompt: Text = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
 
 
 class AttentionRequest(PromptRequest):
@@ -92,12 +125,14 @@ class PredictResponse(BaseModel):
     n_ablations: int
 
 
-class AblationShape(BaseModel):
+class AblationShape(_Request):
     """How every ablation of an evaluation or a study is done (as in :class:`Ablation`)."""
 
     kind: AblationKind = "zero"
-    factor: float = Field(0.0, description="scale: the head's output is multiplied by this")
-    threshold: float = Field(0.0, ge=0, description="sparsify: entries with |x| below this become 0")
+    factor: float = Field(0.0, ge=-MAX_FACTOR, le=MAX_FACTOR, allow_inf_nan=False,
+                          description="scale: the head's output is multiplied by this")
+    threshold: float = Field(0.0, ge=0, allow_inf_nan=False,
+                             description="sparsify: entries with |x| below this become 0")
 
 
 class EvaluateRequest(PromptRequest, AblationShape):
@@ -112,7 +147,7 @@ class StudyRequest(PromptRequest, AblationShape):
 
 
 class CircuitRequest(PromptRequest):
-    corrupt_prompt: Optional[str] = Field(None, max_length=MAX_PROMPT_CHARS,
+    corrupt_prompt: Optional[Text] = Field(None, max_length=MAX_PROMPT_CHARS,
                                           description="the corrupted prompt; names swapped when omitted")
     metric: Literal["logit_diff", "prob"] = "logit_diff"
     token_a: int = Field(ge=0, description="logit_diff: the correct token; prob: the token")

@@ -18,7 +18,7 @@ from ..backends.loading import LoadedModel
 from ..capture.hooks import CaptureHooks, attention_implementation
 from ..capture.step_loop import token_texts
 from ..capture.tokens import disambiguate
-from ..errors import InputError
+from ..errors import InputError, NonFiniteLogitsError
 from ..metrics import entropy, kl_divergence
 
 PRESETS = {
@@ -160,6 +160,9 @@ class ExplorerService:
             self.check_token(token_id)
         before = self.logits(ids, [])[position]
         after = self.logits(ids, ablations)[position] if ablations else before
+        if not (bool(torch.isfinite(before).all()) and bool(torch.isfinite(after).all())):
+            raise NonFiniteLogitsError(f"the logits at position {position} are not finite (inf or NaN)"
+                                       + (" with these ablations: try a smaller scale factor" if ablations else ""))
         pb, pa = torch.softmax(before.double(), -1), torch.softmax(after.double(), -1)
         eb, ea = float(entropy(pb)), float(entropy(pa))
         out = {

@@ -89,7 +89,8 @@ def study_job(service: ExplorerService, jobs: JobQueue, req: S.StudyRequest) -> 
         out = _plain(result.to_dict())
         for side in ("before", "after"):  # {"ids", "probs"} -> rows with labels, as the page shows them
             dist = out.get(side) or {"ids": [], "probs": []}
-            out[f"{side}_tokens"] = [{"id": int(i), "label": service.label(int(i)), "prob": float(p)}
+            out[f"{side}_tokens"] = [{"id": int(i), "label": service.label(int(i)),
+                                      "prob": None if p is None else float(p)}  # None: was not finite
                                      for i, p in zip(dist["ids"], dist["probs"])]
         if out.get("target_id") is not None:
             out["target_label"] = service.label(out["target_id"])
