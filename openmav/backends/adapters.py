@@ -77,6 +77,8 @@ class FamilyAdapter:
     unembed: str | None = None  # None: model.get_output_embeddings()
     attn_out: str | None = None
     mlp_out: str | None = None
+    attn_extra: tuple[str, ...] = ()  # more modules whose outputs join the attention's (a parallel mixer)
+    mlp_extra: tuple[str, ...] = ()  # more modules whose outputs join the MLP's (a shared expert, per-layer inputs)
     attn_norm: str | None = None  # post_ln only: the norm after the attention sum
     mlp_norm: str | None = None  # post_ln only: the norm after the MLP sum
     mixers: tuple[str, ...] = ()  # non-attention token mixers of hybrid layers
@@ -87,6 +89,7 @@ class FamilyAdapter:
     head_dim_attr: str | None = "head_dim"
     residual_scale_attr: str | None = None  # Granite: residual_multiplier
     residual_scale: float | None = None  # inferred rows: a multiplier found by least squares and then verified
+    mlp_residual_scale: float | None = None  # inferred rows: the MLP's, where it differs
     logit_scale_attr: str | None = None  # Cohere: logits * logit_scale
     logit_divisor_attr: str | None = None  # Granite: logits / logits_scaling
     softcap_attr: str | None = "final_logit_softcapping"

@@ -37,7 +37,8 @@ DOWN_NAMES = ("down_proj", "c_proj", "fc2", "fc_out", "dense_4h_to_h", "w2", "wo
               "dense", "out_proj", "linear_2", "c_proj2")
 MLP_WORDS = ("mlp", "feed_forward", "ffn", "moe", "ff", "experts", "feedforward")
 SCALE_ATTRS = ("residual_multiplier",)
-LOGIT_SCALES = (("logit_scale", None), (None, "logits_scaling"), (None, "output_multiplier_scale"))
+LOGIT_SCALES = (("logit_scale", None), (None, "logits_scaling"), (None, "output_multiplier_scale"),
+                (None, "logits_mup_width_multiplier"), ("logits_mup_width_multiplier", None))
 
 
 def _linear_out(module) -> int | None:
@@ -136,11 +137,15 @@ def infer_adapter(model) -> FamilyAdapter:
     row = FamilyAdapter(
         name=f"inferred:{getattr(config, 'model_type', type(model).__name__)}", shape=shape, blocks=blocks_path,
         attn=attn_path if first_attn is not None else "__none__", o_proj=o_proj or "__none__", mlp=mlp_path,
-        down_proj=down, final_norm=final_norm, unembed=unembed, attn_out=a_out, mlp_out=m_out,
+        down_proj=down, final_norm=final_norm, unembed=unembed, attn_out=a_out.split("+")[0],
+        mlp_out=m_out.split("+")[0] if m_out else None, attn_extra=tuple(a_out.split("+")[1:]),
+        mlp_extra=tuple(m_out.split("+")[1:]) if m_out else (),
         attn_norm=norms[0], mlp_norm=norms[1], mixers=tuple(sorted(mixer_paths)),
         n_heads=n_heads, n_heads_attr=next((a for a in N_HEADS_ATTRS if config_int(tcfg, a)), "num_attention_heads"),
         residual_scale_attr=scale_attr if isinstance(scale_attr, str) else None,
-        residual_scale=scale_attr if isinstance(scale_attr, float) else None, attention_layers=tuple(attention_layers),
+        residual_scale=scale_attr[0] if isinstance(scale_attr, tuple) else scale_attr if isinstance(scale_attr, float)
+        else None, mlp_residual_scale=scale_attr[1] if isinstance(scale_attr, tuple) and
+        abs(scale_attr[1] - scale_attr[0]) > 1e-6 else None, attention_layers=tuple(attention_layers),
         logit_scale_attr=logit_attrs[0], logit_divisor_attr=logit_attrs[1], softcap_attr=logit_attrs[2],
         sinks=any("sink" in n for b in blocks for n, _ in b.named_parameters()), moe=moe,
         notes="inferred from the module tree",
@@ -197,11 +202,13 @@ def _sub_block_outputs(model, block, run, hidden, attn_path, o_proj, mlp_path, d
             total = s * run.outputs[named[a]] + (0 if m is None else s * run.outputs[named[m]])
             if float((total - delta).abs().max()) <= tol:
                 return _shape_name(a, m, attn_path, mlp_path), a, m, (None, None), attr
-    for a, m in itertools.product(a_cands, m_cands):  # a residual multiplier the config does not name
-        total = run.outputs[named[a]] + (0 if m is None else run.outputs[named[m]])
-        s = float((total * delta).sum() / (total * total).sum().clamp_min(1e-30))
-        if s > 0 and float((s * total - delta).abs().max()) <= tol:
-            return _shape_name(a, m, attn_path, mlp_path), a, m, (None, None), s
+    for a, m in itertools.product(a_cands, m_cands):  # residual multipliers the config does not name
+        scales = _fit_scales(run.outputs[named[a]], None if m is None else run.outputs[named[m]], delta, tol)
+        if scales is not None:
+            return _shape_name(a, m, attn_path, mlp_path), a, m, (None, None), scales
+    found = _pair_search(run, named, pre, post, delta, tol, a_cands, m_cands, attn_path, mlp_path)
+    if found is not None:
+        return found
     for a, m in itertools.product(a_cands, m_cands[1:]):
         for n1, n2 in itertools.permutations(norms, 2):
             with torch.no_grad():
@@ -212,6 +219,48 @@ def _sub_block_outputs(model, block, run, hidden, attn_path, o_proj, mlp_path, d
                 return "post_ln", a, m, (n1, n2), None
     raise UnsupportedModelError(f"no pair of sub-block outputs of {type(block).__name__} adds up to the block's "
                                 "change of the residual stream")
+
+
+def _fit_scales(a: torch.Tensor, m: torch.Tensor | None, delta: torch.Tensor, tol: float):
+    """Least-squares multipliers ``(s_a, s_m)`` with ``s_a * a + s_m * m == delta`` within ``tol``, else ``None``."""
+    cols = [a.flatten().double()] + ([] if m is None else [m.flatten().double()])
+    x = torch.stack(cols, 1)
+    try:
+        coef = torch.linalg.lstsq(x, delta.flatten().double().unsqueeze(1)).solution[:, 0]
+    except RuntimeError:
+        return None
+    if (coef <= 0).any() or float((x @ coef - delta.flatten().double()).abs().max()) > tol:
+        return None
+    sa = float(coef[0])
+    sm = float(coef[1]) if m is not None else sa
+    return sa, sm
+
+
+def _pair_search(run, named, pre, post, delta, tol, a_cands, m_cands, attn_path, mlp_path):
+    """Sub-blocks whose contribution is the sum of two modules (a mixer beside attention, a shared
+    expert beside the MoE, per-layer inputs beside the MLP): pairs of direct children.
+
+    Returns ``(shape, attn_out, mlp_out, norms, scale)`` with ``+``-joined paths, or ``None``.
+    """
+    direct = [n for n in named if "." not in n]
+    outs = {n: run.outputs[named[n]] for n in named}
+
+    def options(cands):
+        singles = [(c,) for c in cands if c]
+        pairs = [(x, y) for x, y in itertools.combinations([c for c in cands if c in direct], 2)]
+        return singles + pairs
+
+    for a in options(a_cands):
+        total_a = sum(outs[x] for x in a)
+        for m in [None, *options(m_cands)]:
+            if m is not None and set(m) & set(a):
+                continue
+            total = total_a + (0 if m is None else sum(outs[x] for x in m))
+            s = float((total * delta).sum() / (total * total).sum().clamp_min(1e-30))
+            if s > 0 and float((s * total - delta).abs().max()) <= tol:
+                scale = None if abs(s - 1.0) < 1e-6 else s
+                return ("pre_norm", "+".join(a), None if m is None else "+".join(m), (None, None), scale)
+    return None
 
 
 def _shape_name(a: str, m: str | None, attn_path: str, mlp_path: str | None) -> str:

@@ -58,6 +58,8 @@ class ModelParts:
     attn_out: tuple[torch.nn.Module, ...]  # what the attention (or other mixer) adds, before residual scaling
     mlp: tuple[torch.nn.Module | None, ...]
     mlp_out: tuple[torch.nn.Module | None, ...]
+    attn_extra: tuple[tuple[torch.nn.Module, ...], ...]  # added to attn_out's output (may be empty)
+    mlp_extra: tuple[tuple[torch.nn.Module, ...], ...]  # added to mlp_out's output (may be empty)
     down_proj: tuple[torch.nn.Module | None, ...]
     attn_norm: tuple[torch.nn.Module | None, ...]
     mlp_norm: tuple[torch.nn.Module | None, ...]
@@ -67,7 +69,12 @@ class ModelParts:
     n_heads: int
     n_kv_heads: int
     head_dim: int
-    residual_scale: float = 1.0
+    residual_scale: float = 1.0  # what multiplies the attention (or mixer) output before it joins the residual
+    mlp_residual_scale: float | None = None  # the MLP's multiplier where it differs (depth-scaled adds)
+
+    @property
+    def mlp_scale(self) -> float:
+        return self.residual_scale if self.mlp_residual_scale is None else self.mlp_residual_scale
     logit_scale: float = 1.0
     final_logit_softcap: float | None = None
     inferred: bool = False
@@ -141,7 +148,7 @@ class ModelParts:
         blocks = tuple(get_module(model, adapter.blocks))
         if not blocks:
             raise UnsupportedModelError(f"{adapter.blocks!r} holds no blocks")
-        attn, o_proj, attn_out, mlp, mlp_out, down, a_norm, m_norm = ([] for _ in range(8))
+        attn, o_proj, attn_out, mlp, mlp_out, down, a_norm, m_norm, a_extra, m_extra = ([] for _ in range(10))
         for i, block in enumerate(blocks):
             a = find_module(block, adapter.attn)
             if adapter.attention_layers is not None and i not in adapter.attention_layers:
@@ -163,9 +170,15 @@ class ModelParts:
             mlp.append(m)
             down.append(find_module(m, adapter.down_proj) if m is not None else None)
             a_path, m_path = adapter.paths(attn=adapter.attn if a is not None else mixer_path)
-            out = get_module(block, a_path) if a is not None else find_module(block, mixer_path)
+            if a is not None:
+                out = get_module(block, a_path)
+            else:  # a mixer layer: the row's post-mixer module where this block has it (LFM), else the mixer
+                out = (find_module(block, adapter.attn_out) if adapter.attn_out and adapter.attn_out != adapter.attn
+                       else None) or mixer
             attn_out.append(out)
             mlp_out.append(find_module(block, m_path) or m)  # a hybrid's layer may lack the post-norm
+            a_extra.append(tuple(m for m in (find_module(block, p) for p in adapter.attn_extra) if m is not None))
+            m_extra.append(tuple(m for m in (find_module(block, p) for p in adapter.mlp_extra) if m is not None))
             a_norm.append(find_module(block, adapter.attn_norm))
             m_norm.append(find_module(block, adapter.mlp_norm))
             if adapter.shape == "post_ln" and (a_norm[-1] is None or m_norm[-1] is None):
@@ -194,16 +207,18 @@ class ModelParts:
         scale = (config_float(config, adapter.logit_scale_attr) or 1.0) / (divisor or 1.0)
         return cls(
             adapter=adapter, blocks=blocks, attn=tuple(attn), o_proj=tuple(o_proj), attn_out=tuple(attn_out),
-            mlp=tuple(mlp), mlp_out=tuple(mlp_out), down_proj=tuple(down), attn_norm=tuple(a_norm),
+            mlp=tuple(mlp), mlp_out=tuple(mlp_out), attn_extra=tuple(a_extra), mlp_extra=tuple(m_extra),
+            down_proj=tuple(down), attn_norm=tuple(a_norm),
             mlp_norm=tuple(m_norm), final_norm=final_norm, unembed=unembed, n_layers=len(blocks),
             n_heads=n_heads or 1, n_kv_heads=kv or n_heads or 1, head_dim=head_dim or 1,
             residual_scale=adapter.residual_scale or config_float(config, adapter.residual_scale_attr) or 1.0,
+            mlp_residual_scale=adapter.mlp_residual_scale,
             logit_scale=scale,
             final_logit_softcap=_softcap(config, adapter.softcap_attr), inferred=inferred,
         )
 
 
-SOFTCAP_ATTRS = ("final_logit_softcapping", "logits_soft_cap", "final_logit_softcap")
+SOFTCAP_ATTRS = ("final_logit_softcapping", "logits_soft_cap", "final_logit_softcap", "output_logit_soft_cap")
 
 
 def _softcap(config, attr: str | None) -> float | None:

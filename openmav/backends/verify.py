@@ -43,13 +43,14 @@ def compose(parts: ModelParts, layer: int, pre: torch.Tensor, attn: torch.Tensor
         with torch.no_grad():
             mid = parts.attn_norm[layer](pre + attn)
             return parts.mlp_norm[layer](mid + (0 if mlp is None else mlp)).float()
-    return pre + s * attn + (0 if mlp is None else s * mlp)
+    return pre + s * attn + (0 if mlp is None else parts.mlp_scale * mlp)
 
 
 def verify_parts(model, parts: ModelParts) -> None:
     """Check every invariant above on ``model``; raise one line naming what failed."""
     tol = tolerance(model)
     watch = [*parts.blocks, *parts.attn_out, *(m for m in parts.mlp_out if m is not None),
+             *(m for e in parts.attn_extra + parts.mlp_extra for m in e),
              *(a for a in parts.attn if a is not None)]
     inputs = [*parts.blocks, *(o for o in parts.o_proj if o is not None)]
     try:
@@ -117,8 +118,11 @@ def _check_decomposition(parts: ModelParts, run, tol: float) -> None:
         if pre is None or pre.shape != post.shape:
             raise UnsupportedModelError(f"layer {layer}: the block's residual input could not be read")
         attn = _get(run, parts.attn_out[layer], "attention output", layer)
+        attn = attn + sum(_get(run, m, "attention output", layer) for m in parts.attn_extra[layer])
         mlp_mod = parts.mlp_out[layer]
         mlp = _get(run, mlp_mod, "MLP output", layer) if mlp_mod is not None else None
+        if mlp is not None:
+            mlp = mlp + sum(_get(run, m, "MLP output", layer) for m in parts.mlp_extra[layer])
         if attn.shape != post.shape or (mlp is not None and mlp.shape != post.shape):
             raise UnsupportedModelError(f"layer {layer}: attention/MLP outputs are not residual-shaped")
         err = _rel(compose(parts, layer, pre, attn, mlp), post)

@@ -72,6 +72,9 @@ class CaptureHooks:
         self.pattern: list[torch.Tensor | None] = [None] * n
         self.attn_out: list[torch.Tensor | None] = [None] * n
         self.mlp_out: list[torch.Tensor | None] = [None] * n
+        # outputs of modules that join a sub-block's contribution (parts.attn_extra / mlp_extra)
+        self.extra = {"attn_out": [[None] * len(e) for e in parts.attn_extra],
+                      "mlp_out": [[None] * len(e) for e in parts.mlp_extra]}
         self.resid: list[torch.Tensor | None] = [None] * n
         self._handles: list = []
         self._active = False
@@ -98,13 +101,18 @@ class CaptureHooks:
 
     def __enter__(self) -> "CaptureHooks":
         p = self.parts
-        s = p.residual_scale
+        s, sm = p.residual_scale, p.mlp_scale
         try:
             for i in range(p.n_layers):
                 self._handles.append(p.blocks[i].register_forward_hook(self._store(self.resid, i)))
                 if p.mlp_out[i] is not None:
-                    self._handles.append(p.mlp_out[i].register_forward_hook(self._store(self.mlp_out, i, scale=s)))
+                    self._handles.append(p.mlp_out[i].register_forward_hook(self._store(self.mlp_out, i, scale=sm)))
                 self._handles.append(p.attn_out[i].register_forward_hook(self._store(self.attn_out, i, scale=s)))
+                for name, mods in (("attn_out", p.attn_extra[i]), ("mlp_out", p.mlp_extra[i])):
+                    for j, module in enumerate(mods):
+                        scale = s if name == "attn_out" else sm
+                        self._handles.append(module.register_forward_hook(self._store(self.extra[name][i], j,
+                                                                                      scale=scale)))
                 if self.want_attention and p.attn[i] is not None:
                     self._handles.append(p.attn[i].register_forward_hook(self._store(self.pattern, i, True)))
         except BaseException:
@@ -134,6 +142,9 @@ class CaptureHooks:
         """
         self._check(name)
         items = getattr(self, name)
+        if name in self.extra and any(any(x is not None for x in e) for e in self.extra[name]):
+            items = [t if t is None else t + sum(x for x in self.extra[name][i] if x is not None)
+                     for i, t in enumerate(items)]
         if name == "mlp_out":
             like = next((t for t in items if t is not None), None)
             ref = self.resid[0] if like is None else like
