@@ -190,6 +190,8 @@ class AttentionExtractor:
         Full logits are not kept (``last_logits`` is); with ``neurons`` each result carries the
         MLP neurons' mean over positions per layer (``mlp_mean``), for :mod:`openmav.analysis.compare`.
         """
+        if neurons and not self.handle.has_neurons:
+            neurons = False  # a mixture-of-experts or MLP-less model: compared without per-neuron means
         layers = range(self.n_layers) if neurons else ()
         results = self._run(prompts, batch_size, padding_side, hidden_states, False, layers)
         for r in results:

@@ -153,9 +153,22 @@ class ModelHandle:
                 return int(value)
         return None
 
+    @property
+    def has_neurons(self) -> bool:
+        """Whether every layer has one MLP whose hidden neurons can be read (not a mixture of experts)."""
+        parts = getattr(self.lm, "parts", None)
+        if parts is None:
+            return True
+        return not parts.is_moe and all(d is not None for d in parts.down_proj)
+
     def neuron_module(self, layer: int) -> torch.nn.Module:
         """The MLP down/output projection of ``layer``; its input is ``[b, pos, d_mlp]``."""
         block = self.blocks[layer]
+        parts = getattr(self.lm, "parts", None)
+        if parts is not None and parts.is_moe:
+            raise UnsupportedModelError(f"{self.name} has a mixture-of-experts MLP: its neurons belong to experts "
+                                        "that each token routes to, so per-layer neuron activations are not "
+                                        "available")
         if self.family is not None:
             module = _submodule(block, self.family.down_proj)
             if module is None:

@@ -121,11 +121,11 @@ GPT2_LIKE = dict(blocks="transformer.h", attn="attn", o_proj="attn.c_proj", down
                  final_norm="transformer.ln_f", n_heads_attr="n_head", n_kv_heads_attr=None)
 DEEPSEEK_LIKE = dict(head_dim_attr="v_head_dim", moe=True, down_proj=None,
                      notes="multi-latent attention: per-head outputs are v_head_dim wide")
-OPT_LIKE = dict(blocks="model.decoder.layers", o_proj="self_attn.out_proj", mlp=None, down_proj=None,
+OPT_LIKE = dict(blocks="model.decoder.layers", o_proj="self_attn.out_proj", mlp=None, down_proj="fc2",
                 mlp_out="fc2", n_kv_heads_attr=None)
 
 BERT_LIKE = dict(shape="post_ln", blocks="{base}.encoder.layer", attn="attention.self",
-                 o_proj="attention.output.dense", mlp=None, down_proj=None, mlp_out="output.dense",
+                 o_proj="attention.output.dense", mlp=None, down_proj="output.dense", mlp_out="output.dense",
                  attn_norm="attention.output.LayerNorm", mlp_norm="output.LayerNorm", final_norm=None,
                  n_kv_heads_attr=None, notes="BERT-style layers used as a causal decoder (is_decoder=True)")
 

@@ -168,7 +168,8 @@ class ModelParts:
                 raise UnsupportedModelError(f"block {i} has no attention output projection {adapter.o_proj!r}")
             m = find_module(block, adapter.mlp)
             mlp.append(m)
-            down.append(find_module(m, adapter.down_proj) if m is not None else None)
+            # the MLP's neurons are the input of down_proj: relative to the MLP, or to the block without one
+            down.append(find_module(m if m is not None else block, adapter.down_proj))
             a_path, m_path = adapter.paths(attn=adapter.attn if a is not None else mixer_path)
             if a is not None:
                 out = get_module(block, a_path)

@@ -26,7 +26,7 @@ import torch
 
 from ..errors import InputError
 from .ablation import as_ids, head_outputs
-from .evaluate import Cancelled
+from .evaluate import Cancelled, _grid, _json_grid
 from .patching import Metric, head_outputs_with_grad, metric_rows, patched_forward
 
 Head = tuple[int, int]
@@ -184,8 +184,8 @@ class Circuit:
         return {
             "nodes": self.nodes, "edges": self.edges, "metric": self.metric, "clean_metric": self.clean_metric,
             "corrupt_metric": self.corrupt_metric, "correlation": self.correlation, "n_verified": self.n_verified,
-            "attribution": self.attribution.tolist(),
-            "verified": None if self.verified is None else self.verified.tolist(), "cancelled": self.cancelled,
+            "attribution": _json_grid(self.attribution),  # null where a layer has no attention
+            "verified": None if self.verified is None else _json_grid(self.verified), "cancelled": self.cancelled,
         }
 
 
@@ -214,6 +214,7 @@ def discover_circuit(lm, clean_ids, corrupt_ids, metric: Metric, top_n: int = 8,
 
     emit("attribution", 0, 1)
     attribution = attribution_patching(lm, clean, corrupt, metric)
+    attribution[[i for i in range(parts.n_layers) if i not in parts.attention_layers]] = np.nan
     clean_m = float(metric_rows(metric, patched_forward(lm, clean, [[]])[0])[0])
     corrupt_m = float(metric_rows(metric, patched_forward(lm, corrupt, [[]])[0])[0])
     emit("attribution", 1, 1)
@@ -235,7 +236,7 @@ def discover_circuit(lm, clean_ids, corrupt_ids, metric: Metric, top_n: int = 8,
     circuit.n_verified = len(to_verify)
     circuit.correlation = correlation([attribution[h] for h in to_verify], effects)
     if verify_all:
-        circuit.verified = effects.reshape(parts.n_layers, parts.n_heads)
+        circuit.verified = _grid(parts, every, effects)  # NaN where a layer has no attention
     circuit.nodes = [{"layer": l, "head": h, "attribution": float(attribution[l, h]), "effect": effect_of[(l, h)]}
                      for l, h in sorted(top)]
     if stopped():

@@ -159,12 +159,16 @@ class HeadEffects:
             "kind": self.kind,
             "n_layers": int(self.kl.shape[0]),
             "n_heads": int(self.kl.shape[1]),
-            "kl": self.kl.tolist(),
-            "delta_top_prob": self.delta_top_prob.tolist(),
+            "kl": _json_grid(self.kl),  # null where a layer has no attention
+            "delta_top_prob": _json_grid(self.delta_top_prob),
             "top_id": self.top_id,
             "baseline_top_prob": float(probs[self.top_id]),
             "ablated_top_ids": None if self.ablated_top_ids is None else self.ablated_top_ids.tolist(),
         }
+
+
+def _json_grid(values: np.ndarray) -> list:
+    return [[None if not np.isfinite(v) else float(v) for v in row] for row in values]
 
 
 def effects_from_logits(baseline: torch.Tensor, ablated: torch.Tensor) -> tuple[np.ndarray, np.ndarray, int]:

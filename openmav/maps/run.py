@@ -138,6 +138,9 @@ def load(o: MapsOptions):
 def check_model(o: MapsOptions, lm) -> None:
     """The checks that need the model: window against the context, head index."""
     check_window(o.window, o.stride, lm.context_length)
+    if not lm.parts.has_attention:
+        raise InputError(f"{lm.name} has no attention layers: attention maps need attention (the live view `mav` "
+                         "shows its logit lens and residual stream)")
     n = lm.parts.n_heads
     if o.head is not None and not 0 <= o.head < n:
         raise InputError(f"--head {o.head} is out of range: {lm.name} has {n} query heads (0..{n - 1})")
