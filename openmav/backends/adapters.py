@@ -83,6 +83,9 @@ class FamilyAdapter:
     mlp_norm: str | None = None  # post_ln only: the norm after the MLP sum
     mixers: tuple[str, ...] = ()  # non-attention token mixers of hybrid layers
     attention_layers: tuple[int, ...] | None = None  # inferred rows: the layers whose attention returns weights
+    skip_layers: tuple[int, ...] = ()  # blocks that text-only input skips (Mllama's cross-attention layers)
+    resid_in: str | None = None  # a norm a block applies to its own input first (RWKV's first block)
+    mixer_out: str | None = None  # a hybrid's mixer layers: the module whose output the mixer adds (default: mixer)
     n_heads: int | None = None  # an explicit count (inferred rows: from the attention weights' shape)
     n_heads_attr: str = "num_attention_heads"
     n_kv_heads_attr: str | None = "num_key_value_heads"

@@ -103,12 +103,16 @@ def infer_adapter(model) -> FamilyAdapter:
         run = probe_forward(model, list(model.modules()), inputs_of=blocks)
     except Exception as exc:
         raise UnsupportedModelError(f"the probe forward failed ({type(exc).__name__})") from exc
-    if any(b not in run.outputs for b in blocks):
+    skipped = tuple(i for i, b in enumerate(blocks) if b not in run.outputs)
+    if len(skipped) == len(blocks) or (skipped and skipped[0] == 0):
         raise UnsupportedModelError(f"the blocks {blocks_path!r} did not run on text input")
-    hidden = hidden or run.outputs[blocks[0]].shape[-1]
+    ran = [b for b in blocks if b in run.outputs]  # Mllama's cross-attention layers skip text-only input
+    hidden = hidden or run.outputs[ran[0]].shape[-1]
     attn_paths, mixer_paths, attention_layers = set(), set(), []
     first_attn, n_heads = None, None
     for i, b in enumerate(blocks):
+        if i in skipped:
+            continue
         pattern = next((m for m in b.modules() if m in run.weights and m is not b), None)
         if pattern is not None:
             attn_paths.add(_rel(pattern, b))
@@ -120,7 +124,7 @@ def infer_adapter(model) -> FamilyAdapter:
     if len(attn_paths) > 1:
         raise UnsupportedModelError(f"attention modules differ between blocks ({', '.join(sorted(attn_paths))})")
     attn_path = next(iter(attn_paths), "self_attn")
-    ref = first_attn or blocks[0]
+    ref = first_attn or ran[0]
     o_proj = _pick_linear(ref.get_submodule(_child_holding(ref, attn_path)), _child_holding(ref, attn_path),
                           hidden, O_NAMES) if first_attn is not None else None
     mlp_path = _mlp_path(ref, attn_path)
@@ -131,15 +135,42 @@ def infer_adapter(model) -> FamilyAdapter:
         down = None if moe else _pick_linear(mlp, "", hidden, DOWN_NAMES)
     else:
         moe = False
-    shape, a_out, m_out, norms, scale_attr = _sub_block_outputs(model, ref, run, hidden, attn_path, o_proj,
-                                                                 mlp_path, down, tcfg)
-    final_norm, unembed, logit_attrs = _head(model, blocks, run, tcfg)
+    resid_in = None
+    try:
+        shape, a_out, m_out, norms, scale_attr = _sub_block_outputs(model, ref, run, hidden, attn_path, o_proj,
+                                                                     mlp_path, down, tcfg)
+    except UnsupportedModelError:
+        # a block that norms its own input first (RWKV's first block): the residual starts after that norm
+        for name, child in ref.named_children():
+            if not _is_norm(child) or child not in run.outputs or run.outputs[child].shape != run.inputs[ref].shape:
+                continue
+            try:
+                shape, a_out, m_out, norms, scale_attr = _sub_block_outputs(
+                    model, ref, run, hidden, attn_path, o_proj, mlp_path, down, tcfg, pre=run.outputs[child])
+                resid_in = name
+                break
+            except UnsupportedModelError:
+                continue
+        else:
+            raise
+    mixer_out = None
+    mixer_block = next((b for i, b in enumerate(blocks) if i not in attention_layers and i not in skipped), None)
+    if mixer_block is not None and first_attn is not None:  # hybrid: the mixer layers' own outputs
+        mixer = _mixer_path(mixer_block, run, hidden)
+        try:
+            found = _sub_block_outputs(model, mixer_block, run, hidden, mixer, None, _mlp_path(mixer_block, mixer),
+                                       None, tcfg)
+            mixer_out = found[1].split("+")[0] if found[0] != "post_ln" and "+" not in found[1] else None
+        except UnsupportedModelError:
+            mixer_out = None
+    final_norm, unembed, logit_attrs = _head(model, ran, run, tcfg)
     row = FamilyAdapter(
         name=f"inferred:{getattr(config, 'model_type', type(model).__name__)}", shape=shape, blocks=blocks_path,
         attn=attn_path if first_attn is not None else "__none__", o_proj=o_proj or "__none__", mlp=mlp_path,
         down_proj=down, final_norm=final_norm, unembed=unembed, attn_out=a_out.split("+")[0],
         mlp_out=m_out.split("+")[0] if m_out else None, attn_extra=tuple(a_out.split("+")[1:]),
-        mlp_extra=tuple(m_out.split("+")[1:]) if m_out else (),
+        mlp_extra=tuple(m_out.split("+")[1:]) if m_out else (), mixer_out=mixer_out, resid_in=resid_in,
+        skip_layers=skipped,
         attn_norm=norms[0], mlp_norm=norms[1], mixers=tuple(sorted(mixer_paths)),
         n_heads=n_heads, n_heads_attr=next((a for a in N_HEADS_ATTRS if config_int(tcfg, a)), "num_attention_heads"),
         residual_scale_attr=scale_attr if isinstance(scale_attr, str) else None,
@@ -175,9 +206,9 @@ def _mlp_path(block, attn_path: str) -> str | None:
     return None
 
 
-def _sub_block_outputs(model, block, run, hidden, attn_path, o_proj, mlp_path, down, tcfg):
+def _sub_block_outputs(model, block, run, hidden, attn_path, o_proj, mlp_path, down, tcfg, pre=None):
     """(shape, attn_out, mlp_out, (attn_norm, mlp_norm), residual scale attribute) that reproduce the block."""
-    pre, post = run.inputs[block], run.outputs[block]
+    pre, post = (run.inputs[block] if pre is None else pre), run.outputs[block]
     named = {n: m for n, m in block.named_modules() if n and m in run.outputs
              and run.outputs[m].shape == post.shape}
     norms = {n: m for n, m in named.items() if _is_norm(m)}

@@ -89,6 +89,11 @@ class ModelParts:
         return SHAPES[self.adapter.shape].compose
 
     @property
+    def skipped_layers(self) -> tuple[int, ...]:
+        """Layers that text-only input skips (a vision model's cross-attention layers): identity here."""
+        return self.adapter.skip_layers
+
+    @property
     def attention_layers(self) -> tuple[int, ...]:
         """Indices of the layers whose attention probabilities can be captured."""
         return tuple(i for i, a in enumerate(self.attn) if a is not None)
@@ -136,9 +141,13 @@ class ModelParts:
         elif not att:
             which = "no attention layers (attention views are empty)"
         else:
-            which = f"attention in layers {_ranges(att)} of {self.n_layers}; the others are " \
-                    f"{type(self.attn_out[[i for i in range(self.n_layers) if i not in att][0]]).__name__}"
-        return f"adapter {self.adapter.name} ({how}, {self.adapter.shape} blocks): {which}"
+            others = [type(self.attn_out[i]).__name__ for i in range(self.n_layers)
+                      if i not in att and self.attn_out[i] is not None]
+            which = f"attention in layers {_ranges(att)} of {self.n_layers}" + \
+                (f"; the others are {others[0]}" if others else "")
+        skipped = f"; layers {_ranges(self.skipped_layers)} are skipped by text-only input" \
+            if self.skipped_layers else ""
+        return f"adapter {self.adapter.name} ({how}, {self.adapter.shape} blocks): {which}{skipped}"
 
     @classmethod
     def resolve(cls, model: torch.nn.Module, adapter: FamilyAdapter, inferred: bool = False) -> "ModelParts":
@@ -150,6 +159,12 @@ class ModelParts:
             raise UnsupportedModelError(f"{adapter.blocks!r} holds no blocks")
         attn, o_proj, attn_out, mlp, mlp_out, down, a_norm, m_norm, a_extra, m_extra = ([] for _ in range(10))
         for i, block in enumerate(blocks):
+            if i in adapter.skip_layers:  # skipped by text-only input: the residual passes unchanged
+                for column in (attn, o_proj, attn_out, mlp, mlp_out, down, a_norm, m_norm):
+                    column.append(None)
+                a_extra.append(())
+                m_extra.append(())
+                continue
             a = find_module(block, adapter.attn)
             if adapter.attention_layers is not None and i not in adapter.attention_layers:
                 a = None  # an attention-like module that returns no weights: a mixer here
@@ -174,8 +189,7 @@ class ModelParts:
             if a is not None:
                 out = get_module(block, a_path)
             else:  # a mixer layer: the row's post-mixer module where this block has it (LFM), else the mixer
-                out = (find_module(block, adapter.attn_out) if adapter.attn_out and adapter.attn_out != adapter.attn
-                       else None) or mixer
+                out = find_module(block, adapter.mixer_out) or mixer
             attn_out.append(out)
             mlp_out.append(find_module(block, m_path) or m)  # a hybrid's layer may lack the post-norm
             a_extra.append(tuple(m for m in (find_module(block, p) for p in adapter.attn_extra) if m is not None))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import UnsupportedModelError
+from .adapters import find_module
 from .parts import ModelParts
 from .probe import probe_forward
 
@@ -49,7 +50,8 @@ def compose(parts: ModelParts, layer: int, pre: torch.Tensor, attn: torch.Tensor
 def verify_parts(model, parts: ModelParts) -> None:
     """Check every invariant above on ``model``; raise one line naming what failed."""
     tol = tolerance(model)
-    watch = [*parts.blocks, *parts.attn_out, *(m for m in parts.mlp_out if m is not None),
+    watch = [*parts.blocks, *(m for m in parts.attn_out if m is not None), *(m for b in parts.blocks
+                                                for m in [find_module(b, parts.adapter.resid_in)] if m is not None), *(m for m in parts.mlp_out if m is not None),
              *(m for e in parts.attn_extra + parts.mlp_extra for m in e),
              *(a for a in parts.attn if a is not None)]
     inputs = [*parts.blocks, *(o for o in parts.o_proj if o is not None)]
@@ -113,7 +115,14 @@ def _get(run, module, what: str, layer: int):
 
 def _check_decomposition(parts: ModelParts, run, tol: float) -> None:
     for layer, block in enumerate(parts.blocks):
+        if layer in parts.skipped_layers:
+            if block in run.outputs:
+                raise UnsupportedModelError(f"layer {layer} was to be skipped by text-only input but ran")
+            continue
         pre = run.inputs.get(block)
+        first = find_module(block, parts.adapter.resid_in)
+        if first is not None and first in run.outputs:  # the block norms its own input before anything else
+            pre = run.outputs[first]
         post = _get(run, block, "block", layer)
         if pre is None or pre.shape != post.shape:
             raise UnsupportedModelError(f"layer {layer}: the block's residual input could not be read")
@@ -134,7 +143,7 @@ def _check_decomposition(parts: ModelParts, run, tol: float) -> None:
 def _check_lens(parts: ModelParts, run, tol: float) -> None:
     if run.logits is None:
         raise UnsupportedModelError("the model returned no logits: it has no language-model head")
-    last = run.outputs[parts.blocks[-1]]
+    last = run.outputs[next(b for i, b in reversed(list(enumerate(parts.blocks))) if i not in parts.skipped_layers)]
     with torch.no_grad():
         lens = parts.lens(last.to(next(parts.unembed.parameters()).dtype)).float()
     if lens.shape != run.logits.shape:
@@ -180,15 +189,19 @@ def _check_head_slices(model, parts: ModelParts, run, tol: float) -> None:
             raise UnsupportedModelError(f"layer {layer}: the output projection's input is {got} wide, not "
                                         f"{parts.n_heads} heads x {parts.head_dim}")
     edits = {parts.o_proj[layer]: torch.zeros_like for layer in parts.attention_layers}
-    mods = [parts.attn_out[layer] for layer in parts.attention_layers]
+    mods = [m for layer in parts.attention_layers for m in (parts.attn_out[layer], parts.attn[layer])]
     ablated = probe_forward(model, mods, edits=edits, output_attentions=False)
+
+    def silenced(module) -> bool:  # constant over positions once every head is zeroed, varying before
+        out, normal = ablated.outputs.get(module), run.outputs.get(module)
+        if out is None or normal is None or out.shape != normal.shape or out.dim() != 3:
+            return False
+        return _rel(out[:, 1:], out[:, :1].expand_as(out[:, 1:])) <= tol < \
+            _rel(normal[:, 1:], normal[:, :1].expand_as(normal[:, 1:]))
+
     for layer in parts.attention_layers:
-        out = ablated.outputs.get(parts.attn_out[layer])
-        normal = run.outputs[parts.attn_out[layer]]
-        if out is None:
-            raise UnsupportedModelError(f"layer {layer}: the attention output did not run")
-        spread = _rel(out[:, 1:], out[:, :1].expand_as(out[:, 1:]))
-        if _rel(normal[:, 1:], normal[:, :1].expand_as(normal[:, 1:])) > tol and spread > tol:
+        # the attention module's own output (its output projection is last), or what it adds to the residual
+        if not (silenced(parts.attn[layer]) or silenced(parts.attn_out[layer])):
             raise UnsupportedModelError(f"layer {layer}: zeroing every head's slice of "
                                         f"{type(parts.o_proj[layer]).__name__}'s input does not silence the "
                                         "attention output: the output projection is not the one found")

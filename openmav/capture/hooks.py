@@ -104,6 +104,8 @@ class CaptureHooks:
         s, sm = p.residual_scale, p.mlp_scale
         try:
             for i in range(p.n_layers):
+                if i in p.skipped_layers:
+                    continue  # never runs on text-only input: the residual passes unchanged
                 self._handles.append(p.blocks[i].register_forward_hook(self._store(self.resid, i)))
                 if p.mlp_out[i] is not None:
                     self._handles.append(p.mlp_out[i].register_forward_hook(self._store(self.mlp_out, i, scale=sm)))
@@ -141,7 +143,13 @@ class CaptureHooks:
         Attention patterns exist only for attention layers: read ``pattern`` directly.
         """
         self._check(name)
-        items = getattr(self, name)
+        items = list(getattr(self, name))
+        for i in self.parts.skipped_layers:  # identity layers: the residual unchanged, nothing added
+            if name == "resid" and i > 0:
+                items[i] = items[i - 1]
+            elif name != "resid":
+                like = next((t for t in items if t is not None), None)
+                items[i] = None if like is None else torch.zeros_like(like)
         if name in self.extra and any(any(x is not None for x in e) for e in self.extra[name]):
             items = [t if t is None else t + sum(x for x in self.extra[name][i] if x is not None)
                      for i, t in enumerate(items)]
