@@ -1,19 +1,28 @@
 """Assemble README.md from docs/readme/*.md (one file per section).
 
 Usage: ``python docs/build_readme.py``.  Image links written relative to
-docs/readme (``../images/``) are rewritten relative to the repository root.
+docs/readme (``../images/``) are rewritten relative to the repository root.  The
+"Supported models" table is generated from ``openmav/data/supported_models.json``
+(written by ``python -m openmav.support``).
 """
 
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-ORDER = ["intro", "live", "maps", "analysis", "web", "ablation", "engine", "development"]
+ORDER = ["intro", "live", "maps", "analysis", "web", "ablation", "engine", "models", "development"]
 
 
 def main() -> None:
     parts = []
     for name in ORDER:
         text = (ROOT / "docs" / "readme" / f"{name}.md").read_text().strip()
+        if name == "models":  # the support table is generated from the stored sweep, never typed
+            import sys
+
+            sys.path.insert(0, str(ROOT))
+            from openmav.support import load, markdown_table
+
+            text += "\n\n" + markdown_table(load()).strip()
         parts.append(text.replace("](../images/", "](docs/images/"))
     (ROOT / "README.md").write_text("\n\n".join(parts) + "\n")
 

@@ -235,3 +235,15 @@ def test_moe_lens_and_capture_config_off(family_model):
     assert lm.parts.is_moe
     recs = list(generate_steps(lm, "The cat", 2, capture=CaptureConfig(attention=False, logit_lens=False)))
     assert recs[0].attention is None and np.isfinite(recs[0].mlp_norms).all()
+
+
+@pytest.mark.parametrize("command", [[], ["maps", "--prompt", "Hi", "--output-dir", "out"]])
+def test_an_encoder_given_to_a_causal_view_is_one_line(command, capsys, tmp_path, monkeypatch):
+    from openmav.analysis.models import bundled_encoder_dir
+    from openmav.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    code = main([*command, "--model", str(bundled_encoder_dir()), "--max-new-tokens", "2"]
+                + (["--format", "jsonl"] if not command else []))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "is an encoder" in err[0] and "causal LM" in err[0]

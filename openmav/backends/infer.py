@@ -163,6 +163,8 @@ def infer_adapter(model) -> FamilyAdapter:
             mixer_out = found[1].split("+")[0] if found[0] != "post_ln" and "+" not in found[1] else None
         except UnsupportedModelError:
             mixer_out = None
+    elif first_attn is None:  # no attention anywhere: the sub-block output found on the first block is the mixer's
+        mixer_out = a_out.split("+")[0]
     final_norm, unembed, logit_attrs = _head(model, ran, run, tcfg)
     row = FamilyAdapter(
         name=f"inferred:{getattr(config, 'model_type', type(model).__name__)}", shape=shape, blocks=blocks_path,

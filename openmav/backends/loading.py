@@ -110,6 +110,28 @@ def find_parts(model, verify: bool = True) -> ModelParts:
                                 f"{'; '.join(failures)}. Try --dtype float32, or report the model type")
 
 
+def _refuse_encoder(model, name: str) -> None:
+    """An encoder (BERT and kin, not configured as a decoder) is not a next-token predictor: one line."""
+    from ..analysis.models import encoder_family
+
+    model_type = getattr(model.config, "model_type", None)
+    if encoder_family(model_type) is not None and not getattr(model.config, "is_decoder", False):
+        raise UnsupportedModelError(
+            f"{name} is an encoder ({model_type}): mav, mav maps and mav serve need a causal LM that predicts the "
+            "next token; read encoders with the extraction API (openmav.AttentionExtractor, mav compare)")
+
+
+def _refuse_encoder_config(location: str, name: str) -> None:
+    """The encoder check from the config alone, before any weights load (when the config is at hand)."""
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(location, local_files_only=True)
+    except Exception:  # noqa: BLE001 - no local config: the check runs after loading instead
+        return
+    _refuse_encoder(type("ConfigOnly", (), {"config": config})(), name)
+
+
 def _reason(exc: Exception) -> str:
     if isinstance(exc, UnsupportedModelError):
         return str(exc)
@@ -202,6 +224,7 @@ def load_model(name: str | None = None, device: str | None = "auto", dtype: str 
     location = src.location
     if src.gguf is not None:
         location = str(convert_gguf(src.gguf, progress=progress))
+    _refuse_encoder_config(location, src.name)
     if progress:
         progress(f"loading {src.name}")
     try:
@@ -215,6 +238,7 @@ def load_model(name: str | None = None, device: str | None = "auto", dtype: str 
                 "bundled model (smollm2-135m, gemma3-270m), a model directory or a .gguf file"
             ) from exc
         raise ModelSourceError(f"could not load {src.name!r}: {first}") from exc
+    _refuse_encoder(model, src.name)
     model.to(dev)
     model.eval()
     loaded = wrap_model(model, tokenizer, name=src.name, source=src.kind)

@@ -15,7 +15,7 @@ import inspect
 import torch
 
 # output attribute -> the forward argument that takes it back
-STATE_NAMES = (("past_key_values", None), ("cache_params", "cache_params"), ("cache", None), ("state", "state"),
+STATE_NAMES = (("cache", None), ("past_key_values", None), ("cache_params", "cache_params"), ("state", "state"),
                ("mems", "mems"))
 
 
