@@ -182,3 +182,23 @@ def test_lens_in_background_gives_the_same_records(tiny):
         assert a.lens_ids.tolist() == b.lens_ids.tolist()
         np.testing.assert_allclose(a.lens_probs, b.lens_probs, atol=1e-6)
         np.testing.assert_array_equal(a.attention, b.attention)
+
+
+def test_an_abandoned_generator_leaves_the_model_clean(tiny):
+    import gc
+
+    lm = tiny("llama")
+    before_hooks, before_impl = hook_count(lm), lm.model.config._attn_implementation
+    gen = generate_steps(lm, PROMPT, 10)
+    next(gen)
+    assert hook_count(lm) > before_hooks
+    del gen  # neither closed nor exhausted
+    gc.collect()
+    assert hook_count(lm) == before_hooks and lm.model.config._attn_implementation == before_impl
+    try:  # abandoned after an exception in the consumer, with the traceback gone too
+        for _ in generate_steps(lm, PROMPT, 10):
+            raise KeyError("consumer failed")
+    except KeyError:
+        pass
+    gc.collect()
+    assert hook_count(lm) == before_hooks and lm.model.config._attn_implementation == before_impl

@@ -28,7 +28,7 @@ DECLARED = ["gpt2", "gpt_bigcode", "gpt_neo", "gptj", "gpt_neox", "opt", "bloom"
             "phi3", "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma", "gemma2",
             "gemma3_text", "olmo", "olmo2", "olmoe", "stablelm", "starcoder2", "granite", "cohere", "smollm3",
             "gpt_oss", "deepseek_v2", "deepseek_v3", "bert", "bart"]
-HYBRID = ["jamba", "qwen3_next", "lfm2", "gemma3"]
+HYBRID = ["jamba", "qwen3_next", "lfm2", "gemma3", "falcon_h1"]
 
 
 @pytest.fixture(scope="module")
@@ -247,3 +247,38 @@ def test_an_encoder_given_to_a_causal_view_is_one_line(command, capsys, tmp_path
                 + (["--format", "jsonl"] if not command else []))
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "is an encoder" in err[0] and "causal LM" in err[0]
+
+
+# a representative slice of the sweep in CI (the full sweep: python -m openmav.support)
+INFERRED_SLICE = ["afmoe", "bamba", "bart", "ctrl", "dbrx", "emu3", "falcon_h1", "fuyu", "granitemoehybrid", "lfm3",
+                  "llama4_text", "mllama", "nemotron_h", "olmo_hybrid", "qwen3_next", "recurrent_gemma", "rwkv",
+                  "xlstm", "zamba2", "mamba2", "minicpm3", "openai-gpt"]
+
+
+@pytest.mark.parametrize("model_type", INFERRED_SLICE)
+def test_sweep_slice_passes_with_an_inferred_adapter(model_type):
+    from openmav.support import check_model_type
+
+    result = check_model_type(model_type)
+    assert result.status == "pass" and result.how == "inferred", result.reason
+
+
+def test_stored_support_table_meets_the_target_and_matches_the_code():
+    from openmav.support import load, summary
+
+    payload = load()
+    s = summary(payload)
+    assert s["passed"] >= 0.9 * s["runnable"], s
+    stored = {r["model_type"]: r["status"] for r in payload["results"]}
+    for t in INFERRED_SLICE + DECLARED:
+        assert stored.get(t) == "pass", t
+
+
+def test_gemma3_multimodal_is_declared():
+    from openmav.tiny_configs import tiny_config_for_type
+
+    model = tiny_causal_lm(tiny_config_for_type("gemma3", 400))  # Gemma3ForConditionalGeneration
+    lm = wrap_model(model, tiny_tokenizer(), name="tiny-gemma3-multimodal")
+    assert type(model).__name__ == "Gemma3ForConditionalGeneration"
+    assert lm.parts.adapter.name == "gemma3_multimodal" and not lm.parts.inferred
+    check_invariants(lm)

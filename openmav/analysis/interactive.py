@@ -1,4 +1,11 @@
-"""Interactive attention as a Plotly figure that displays (and saves) with plotly.js embedded."""
+"""Interactive attention as a Plotly figure that displays (and saves) with plotly.js embedded.
+
+plotly.js draws titles, tick labels and hover labels as a small subset of HTML (``<b>``,
+``<br>``, ``<a href>``, entities), so token text and the prompt go into the figure through
+:func:`plotly_text`: ``&``, ``<`` and ``>`` as entities, which plotly.js shows as the
+characters themselves.  Plotly writes the figure into its ``<script>`` block as JSON with
+``<``, ``>`` and ``/`` escaped, so no text can close that block either.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,15 @@ import numpy as np
 import plotly.graph_objects as go
 
 from ..capture.tokens import disambiguate
+
+
+def plotly_text(text: str) -> str:
+    """``text`` for a Plotly title or label: shown as written, never read as markup.
+
+    Only ``&``, ``<`` and ``>`` are replaced (by ``&amp;``, ``&lt;`` and ``&gt;``): without
+    ``<`` no tag can start, and plotly.js shows ``&quot;`` literally, so quotes stay as they are.
+    """
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 class OfflineFigure(go.Figure):
@@ -23,7 +39,8 @@ def interactive_attention(activations, layers=None) -> OfflineFigure:
     att = activations.attention_array()  # [L, H, q, k]
     n_layers, n_heads = att.shape[:2]
     layers = list(range(n_layers)) if layers is None else [int(x) % n_layers for x in layers]
-    labels = disambiguate(list(activations.tokens))
+    labels = [plotly_text(t) for t in disambiguate(list(activations.tokens))]  # still unique
+    prompt = plotly_text(repr(activations.prompt))
     fig = OfflineFigure()
     names = []
     for layer in layers:
@@ -37,9 +54,9 @@ def interactive_attention(activations, layers=None) -> OfflineFigure:
     for i, (layer, head) in enumerate(names):
         visible = [j == i for j in range(len(names))]
         buttons.append(dict(label=f"layer {layer}, head {head}", method="update",
-                            args=[{"visible": visible}, {"title.text": f"{activations.prompt!r}: layer {layer}, head {head}"}]))
+                            args=[{"visible": visible}, {"title.text": f"{prompt}: layer {layer}, head {head}"}]))
     fig.update_layout(
-        title=dict(text=f"{activations.prompt!r}: layer {names[0][0]}, head {names[0][1]}"),
+        title=dict(text=f"{prompt}: layer {names[0][0]}, head {names[0][1]}"),
         updatemenus=[dict(buttons=buttons, direction="down", x=1.0, xanchor="right", y=1.15)],
         xaxis=dict(title="key (attended to)", tickangle=-60), yaxis=dict(title="query", autorange="reversed"),
         width=760, height=700)

@@ -1,4 +1,8 @@
-"""Jupyter display: small self-contained HTML (no scripts, no network) for results."""
+"""Jupyter display: small self-contained HTML (no scripts, no network) for results.
+
+Every piece of text (prompts, token text, model names, numbers) is escaped with
+:func:`html.escape`, quotes included, so none of it can become an element or attribute.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +14,14 @@ import numpy as np
 
 
 def table_html(header: list[str], rows: list[list], caption: str = "") -> str:
-    """A plain HTML table; cells are escaped, floats shown with 4 decimals."""
+    """A plain HTML table; header, cells and caption are escaped, floats shown with 4 decimals."""
     def cell(v) -> str:
         text = f"{v:.4f}" if isinstance(v, (float, np.floating)) else str(v)
-        return f"<td>{html.escape(text)}</td>"
+        return f"<td>{html.escape(text, quote=True)}</td>"
 
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    head = "".join(f"<th>{html.escape(str(h), quote=True)}</th>" for h in header)
     body = "".join("<tr>" + "".join(cell(v) for v in row) + "</tr>" for row in rows)
-    cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
+    cap = f"<caption>{html.escape(caption, quote=True)}</caption>" if caption else ""
     return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 

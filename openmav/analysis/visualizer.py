@@ -3,7 +3,8 @@
 Every method returns its figure (matplotlib ``Figure`` built without pyplot, so nothing is
 shown and no global state is touched; Plotly figures for the interactive view) and saves
 it when given ``save_path``.  Heads of one grid share one colour scale unless
-``shared_scale=False``.  Interactive HTML embeds plotly.js: it opens with no network.
+``shared_scale=False``.  Interactive HTML embeds plotly.js: it opens with no network; token
+text and the prompt are escaped in it (:mod:`openmav.analysis.interactive`).
 """
 
 from __future__ import annotations
@@ -174,7 +175,11 @@ class AttentionVisualizer:
         return _save(fig, save_path, self.dpi)
 
     def plot_interactive_attention(self, activations, save_path=None, layers=None):
-        """Plotly heatmap of every (layer, head) of a prompt, picked from a menu; HTML with plotly.js embedded."""
+        """Plotly heatmap of every (layer, head) of a prompt, picked from a menu; HTML with plotly.js embedded.
+
+        Token labels and the prompt in the title are escaped (:func:`~openmav.analysis.interactive.plotly_text`),
+        and Plotly escapes the figure's JSON in its ``<script>``: no text from the prompt becomes markup.
+        """
         from .interactive import interactive_attention
 
         fig = interactive_attention(activations, layers)

@@ -5,12 +5,18 @@ a slider (and the arrow keys) moves through generated tokens; the grid of layers
 key positions scrolls both ways with the row names and positions kept in view;
 hovering a cell shows the attention value and the logit-lens top-5 with
 probabilities.  Token text is inserted with ``textContent``, never as markup.
+
+Everything from the run (prompt, token text, model name) is escaped where it is written:
+the title, heading and prompt with :func:`html.escape` (quotes included), the data in the
+``<script type="application/json">`` block with :func:`script_json`, so that no text can
+open or close an element.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from html import escape
 
 from .render import colormap_lut
 from .write import CMAP
@@ -99,6 +105,22 @@ show(0);
 """
 
 
+# characters JSON leaves raw that a <script> block should not hold: "<" could start "</script>"
+# or "<!--"; ">" and "&" are escaped too for good measure; U+2028/2029 end lines in older JavaScript
+_SCRIPT_UNSAFE = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026",
+                                "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
+def script_json(value) -> str:
+    """``value`` as JSON that is safe inside a ``<script>`` element.
+
+    ``<``, ``>``, ``&``, U+2028 and U+2029 only ever occur inside JSON strings, where their
+    ``\\uXXXX`` escapes mean the same characters: ``JSON.parse`` (and :func:`json.loads`) read
+    back exactly ``value``, and the text can never hold ``</script`` or ``<!--``.
+    """
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).translate(_SCRIPT_UNSAFE)
+
+
 def page_data(sidecar: dict) -> dict:
     """The compact data the page needs (attention in thousandths, probabilities to 3 places)."""
     how = sidecar["reduce"] if sidecar["reduce"] != "head" else f"head {sidecar['head']}"
@@ -117,15 +139,13 @@ def page_data(sidecar: dict) -> dict:
 
 
 def render_html(sidecar: dict) -> str:
-    """The whole page as one string."""
-    from html import escape
-
-    data = json.dumps(page_data(sidecar), ensure_ascii=False, separators=(",", ":")).replace("</", "<\\/")
-    title = escape(f"mav maps · {sidecar['model']}")
+    """The whole page as one string; text from the run is escaped (see the module docstring)."""
+    data = script_json(page_data(sidecar))
+    title = escape(f"mav maps · {sidecar['model']}", quote=True)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title><style>{_CSS}</style></head>
 <body><h1>{title}</h1>
-<div>prompt: <code>{escape(sidecar['prompt'])}</code></div>
+<div>prompt: <code>{escape(sidecar['prompt'], quote=True)}</code></div>
 <div id="controls"><button id="prev">&larr; prev</button>
 <input id="slider" type="range" min="0" value="0"><button id="next">next &rarr;</button>
 <span>attention 0 <span id="bar"></span> 1 · cell text: logit-lens top-1 · last row: model output</span></div>
