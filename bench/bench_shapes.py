@@ -87,7 +87,7 @@ def main() -> None:
                 times[m].append(time_one(fn))
         med = {m: statistics.median(v) for m, v in times.items()}
         rows.append((name, verify_s, med))
-        print(f"{name}: adapter {lm.parts.describe()}; load-time verification {verify_s:.2f} s", flush=True)
+        print(f"{name}: {lm.parts.describe()}; load-time verification {verify_s:.2f} s", flush=True)
     print(f"\n| shape ({args.layers} layers, {args.tokens} tokens, median of {args.rounds}) | generate | "
           "capture, no lens | capture, no attention | capture, all | no lens / generate | all / generate |")
     print("|---|---|---|---|---|---|---|")

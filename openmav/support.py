@@ -169,7 +169,8 @@ def _first_line(exc: BaseException) -> str:
 def check_model_type(model_type: str, timeout_s: int = 60) -> TypeResult:
     """Build a tiny model of ``model_type`` and run the adapter and every invariant on it."""
     from .backends.loading import wrap_model
-    from .testing import tiny_causal_lm, tiny_config, tiny_tokenizer
+    from .testing import tiny_causal_lm, tiny_tokenizer
+    from .tiny_configs import tiny_config_for_type
 
     start = time.perf_counter()
     result = TypeResult(model_type, "unrunnable")
@@ -179,7 +180,10 @@ def check_model_type(model_type: str, timeout_s: int = 60) -> TypeResult:
     try:
         tok = tiny_tokenizer()
         try:
-            model = tiny_causal_lm(tiny_config(model_type, len(tok)))
+            config = tiny_config_for_type(model_type, len(tok))  # the registered class (gemma3: the multimodal one)
+            if getattr(config, "is_decoder", None) is False:  # BERT-style layers run causally only as decoders
+                config.is_decoder = True
+            model = tiny_causal_lm(config)
             ids = tok(PROMPT, return_tensors="pt").input_ids
             with torch.no_grad():
                 model(input_ids=ids)
