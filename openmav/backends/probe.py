@@ -71,6 +71,8 @@ def probe_forward(model, modules=(), inputs_of=(), edits: dict | None = None,
         def hook(mod, args, output):
             probe.order.append(mod)
             t = first_tensor(output)
+            if t is not None and t.is_complex():  # rotary tables (Llama 4), not activations
+                t = None
             if t is not None and t.dim() == 2 and t.shape[0] == ids.shape[1]:
                 t = t.unsqueeze(0)  # [b * p, d] (OPT's MLP): the probe's batch is one
             if t is not None:
