@@ -68,14 +68,25 @@ def _full_forward(lm, ids, **kwargs):
         return lm.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False, **kwargs)
 
 
+def _param(module, name: str):
+    """A parameter's real value, also for a layer offloaded by accelerate (its weights on ``meta``)."""
+    value = getattr(module, name, None)
+    if isinstance(value, torch.Tensor) and value.device.type == "meta":
+        weights = getattr(getattr(module, "_hf_hook", None), "weights_map", None)
+        if weights is not None:
+            value = weights[name].to(value.dtype)
+    return value
+
+
 def _manual_proj(module, x):
+    weight, bias = _param(module, "weight"), _param(module, "bias")
     if isinstance(module, torch.nn.Linear):
-        out = x @ module.weight.T
+        out = x @ weight.to(x.device).T
     elif type(module).__name__ == "Conv1D":
-        out = x @ module.weight
+        out = x @ weight.to(x.device)
     else:
         return module(x)
-    return out if module.bias is None else out + module.bias
+    return out if bias is None else out + bias.to(x.device)
 
 
 def _check_steps(lm, ids, n: int):

@@ -36,8 +36,12 @@ class AttentionExtractor:
     :func:`~openmav.analysis.models.is_encoder_model`.
     """
 
-    def __init__(self, model_name: str | None = None, device: str | None = "cpu", model=None, tokenizer=None,
+    def __init__(self, model_name: str | None = None, device: str | None = None, model=None, tokenizer=None,
                  dtype: str = "float32"):
+        """A model by name (loaded on ``device``, default ``cpu``) or a model object, which stays on its
+        device(s) unless ``device`` is given."""
+        if model is None and device is None:
+            device = "cpu"
         self.handle: ModelHandle = open_model(model_name, device, model=model, tokenizer=tokenizer, dtype=dtype)
         self.model = self.handle.model
         self.tokenizer = self.handle.tokenizer

@@ -255,7 +255,9 @@ def encoder_handle(model, tokenizer, name: str, device: torch.device | None = No
     if device is not None:
         model.to(device)
     model.eval()
-    dev = next(model.parameters()).device
+    from ..backends.loading import input_device
+
+    dev = input_device(model)
     family = encoder_family(model.config.model_type)
     return ModelHandle(model, tokenizer, name, dev, True, encoder_blocks(model), family=family,
                        body=getattr(model, "base_model", model))

@@ -153,8 +153,10 @@ def wrap_model(model, tokenizer, name: str = "model", device: str | torch.device
         raise UnsupportedModelError(f"{type(model).__name__} has no language-model head: these views need a causal "
                                     "LM (AutoModelForCausalLM); for encoders use the extraction API "
                                     "(openmav.analysis.AttentionExtractor)")
-    dev = next(model.parameters()).device if device is None else resolve_device(str(device))
-    if device is not None and dev != next(model.parameters()).device:
+    dev = input_device(model) if device is None else resolve_device(str(device))
+    if device is not None and dev != input_device(model):
+        if getattr(model, "hf_device_map", None):
+            raise InputError("this model is split by a device map: pass device=None to keep it where it is")
         model.to(dev)
     parts = find_parts(model, verify=verify)
     _prepare_tokenizer(tokenizer)
@@ -197,17 +199,71 @@ def _from_hub(location: str, dtype: torch.dtype, **kwargs):
     return _from_pretrained(location, dtype, **kwargs)
 
 
+MODEL_ONLY_KWARGS = ("device_map", "offload_folder", "quantization_config", "max_memory", "offload_state_dict")
+
+
 def _from_pretrained(location: str, dtype: torch.dtype, **kwargs):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+    shared = {k: v for k, v in kwargs.items() if k not in MODEL_ONLY_KWARGS}
+    tokenizer = AutoTokenizer.from_pretrained(location, **shared)
     model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **kwargs)
     return model, tokenizer
 
 
+DEVICE_MAP_NAMES = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def check_device_map(device_map) -> None:
+    """A device map is ``auto``/``balanced``/``balanced_low_0``/``sequential`` or a dict of module -> device."""
+    if device_map is None or isinstance(device_map, dict):
+        return
+    if device_map not in DEVICE_MAP_NAMES:
+        raise InputError(f"unknown device map {device_map!r}: use {', '.join(DEVICE_MAP_NAMES)} or a dict "
+                         "of module name -> device (Python API)")
+
+
+def check_quantization(kind: str | None) -> None:
+    """8-bit and 4-bit loading need bitsandbytes and a CUDA device: one line saying what is missing."""
+    if kind is None:
+        return
+    if kind not in ("8bit", "4bit"):
+        raise InputError(f"unknown quantization {kind!r}: use 8bit or 4bit")
+    import importlib.util
+
+    missing = []
+    if not torch.cuda.is_available():
+        missing.append("no CUDA device is available")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        missing.append("bitsandbytes is not installed")
+    if missing:
+        raise DeviceError(f"--load-in-{kind} needs a CUDA device and bitsandbytes ({'; '.join(missing)}): "
+                          f"drop --load-in-{kind}, or use --dtype bfloat16 to halve memory instead")
+
+
+def input_device(model) -> torch.device:
+    """Where a model's input ids go: its embedding's device (a model split by a device map spans several)."""
+    embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    weight = getattr(embed, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.device.type != "meta":
+        return weight.device
+    device_map = getattr(model, "hf_device_map", None) or {}
+    for place in device_map.values():
+        if place not in ("cpu", "disk") and not isinstance(place, str):
+            return torch.device("cuda", place)
+    return next((p.device for p in model.parameters() if p.device.type != "meta"), torch.device("cpu"))
+
+
 def load_model(name: str | None = None, device: str | None = "auto", dtype: str | torch.dtype | None = "float32",
-               progress: Callable[[str], None] | None = None, **from_pretrained_kwargs) -> LoadedModel:
+               progress: Callable[[str], None] | None = None, device_map=None, offload_folder: str | None = None,
+               quantization: str | None = None, **from_pretrained_kwargs) -> LoadedModel:
     """Load ``name`` (bundled name, ``.gguf`` path, model directory or hub id).
+
+    ``device_map`` (``"auto"``, ``"balanced"``, ``"sequential"`` or a dict of module name ->
+    device, ``"cpu"`` or ``"disk"``) splits a model bigger than one device through accelerate;
+    ``offload_folder`` holds what goes to disk.  ``quantization`` is ``"8bit"`` or ``"4bit"``
+    (bitsandbytes, CUDA only).  Captures and interventions read and edit each layer on its
+    own device; inputs go to the embedding's device.
 
     ``None`` loads the default model (see :func:`openmav.backends.sources.default_model_name`).
     With a ``progress`` callback (which receives short status lines), transformers'
@@ -215,8 +271,23 @@ def load_model(name: str | None = None, device: str | None = "auto", dtype: str 
     Extra keyword arguments go to ``from_pretrained`` (e.g. ``revision``,
     ``quantization_config``).
     """
+    check_device_map(device_map)
+    check_quantization(quantization)
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype)
+    if quantization is not None:
+        import warnings
+
+        from transformers import BitsAndBytesConfig
+
+        warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")  # once per layer per forward otherwise
+        from_pretrained_kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_8bit=quantization == "8bit", load_in_4bit=quantization == "4bit")
+        device_map = device_map or {"": dev.index or 0}
+    if device_map is not None:
+        from_pretrained_kwargs["device_map"] = device_map
+        if offload_folder:
+            from_pretrained_kwargs["offload_folder"] = offload_folder
     if progress is not None:
         _quiet_transformers()  # the caller shows its own progress; no tqdm bars under it
     src: ResolvedSource = resolve_source(name)
@@ -239,7 +310,8 @@ def load_model(name: str | None = None, device: str | None = "auto", dtype: str 
             ) from exc
         raise ModelSourceError(f"could not load {src.name!r}: {first}") from exc
     _refuse_encoder(model, src.name)
-    model.to(dev)
+    if device_map is None:
+        model.to(dev)
     model.eval()
     loaded = wrap_model(model, tokenizer, name=src.name, source=src.kind)
     parts = loaded.parts

@@ -21,7 +21,9 @@ def probe_ids(model) -> torch.Tensor:
     from .parts import text_config
 
     vocab = int(getattr(text_config(model.config), "vocab_size", None) or getattr(model.config, "vocab_size", 64))
-    device = next(model.parameters()).device
+    from .loading import input_device
+
+    device = input_device(model)
     return torch.tensor([[i % vocab for i in PROBE_IDS]], device=device)
 
 

@@ -1,0 +1,83 @@
+"""Models split by a device map (accelerate), with layers offloaded to CPU and disk, and quantized-loading errors.
+
+CI has no GPU, so the split is CPU + disk: the same accelerate hooks move each
+offloaded layer's weights in for its forward, which is the path a model bigger than
+one GPU takes.  The invariant suite must hold on the split model exactly as on the
+whole one, and the numbers must equal the unsplit model's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from openmav.analysis.extractor import AttentionExtractor
+from openmav.backends.loading import load_model
+from openmav.capture import generate_steps
+from openmav.errors import DeviceError, InputError
+from openmav.interventions.ablation import HeadAblation, ablated_logits
+from openmav.support import check_invariants
+
+PROMPT = "When Mary and John went to the store, John gave"
+
+
+@pytest.fixture(scope="module")
+def saved(tiny, tmp_path_factory):
+    lm = tiny("llama", n_layers=3)
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    lm.model.save_pretrained(folder)
+    lm.tokenizer.save_pretrained(folder)
+    return lm, folder
+
+
+def test_layers_on_cpu_and_disk_capture_and_ablate_like_the_whole_model(saved, tmp_path):
+    whole, folder = saved
+    device_map = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.layers.0": "cpu",
+                  "model.layers.1": "disk", "model.layers.2": "disk", "model.norm": "cpu", "lm_head": "cpu"}
+    split = load_model(str(folder), device=None, device_map=device_map, offload_folder=str(tmp_path / "offload"))
+    assert split.model.hf_device_map["model.layers.1"] == "disk"
+    assert any(p.device.type == "meta" for p in split.model.model.layers[1].parameters())  # weights live on disk
+    check_invariants(split)  # steps vs uncached forwards, attention rows, hooks, lens, ablation, batched heads
+    a = list(generate_steps(whole, PROMPT, 4, stop_at_eos=False))
+    b = list(generate_steps(split, PROMPT, 4, stop_at_eos=False))
+    assert [r.token.id for r in a] == [r.token.id for r in b]
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x.logits, y.logits, atol=1e-5)
+        np.testing.assert_allclose(x.attention, y.attention, atol=1e-6)
+        np.testing.assert_allclose(x.lens_probs, y.lens_probs, atol=1e-5)
+    ids = whole.tokenizer(PROMPT, return_tensors="pt").input_ids
+    ablation = [HeadAblation(1, 2), HeadAblation(2, 0)]  # heads of the offloaded layers
+    torch.testing.assert_close(ablated_logits(split, ids, ablation), ablated_logits(whole, ids, ablation),
+                               atol=1e-5, rtol=0)
+
+
+def test_device_map_auto_on_a_cpu_machine(saved):
+    whole, folder = saved
+    lm = load_model(str(folder), device=None, device_map="auto")
+    rec = next(generate_steps(lm, PROMPT, 1))
+    np.testing.assert_allclose(rec.logits, next(generate_steps(whole, PROMPT, 1)).logits, atol=1e-5)
+
+
+def test_a_model_object_stays_where_it_is(saved):
+    whole, _ = saved
+    before = [p.data_ptr() for p in whole.model.parameters()]
+    ex = AttentionExtractor(model=whole.model, tokenizer=whole.tokenizer)
+    ex.extract_activations(PROMPT)
+    assert ex.handle.device == torch.device("cpu")
+    assert [p.data_ptr() for p in whole.model.parameters()] == before  # not moved, not copied
+
+
+@pytest.mark.parametrize("kwargs,error,needle", [
+    ({"quantization": "4bit"}, DeviceError, "needs a CUDA device and bitsandbytes"),
+    ({"quantization": "8bit"}, DeviceError, "needs a CUDA device and bitsandbytes"),
+    ({"quantization": "2bit"}, InputError, "unknown quantization"),
+    ({"device_map": "everywhere"}, InputError, "unknown device map"),
+])
+def test_bad_loading_options_are_one_line_before_loading(saved, kwargs, error, needle):
+    if torch.cuda.is_available() and kwargs.get("quantization") in ("4bit", "8bit"):
+        pytest.skip("a CUDA machine can quantize")
+    _, folder = saved
+    with pytest.raises(error, match=needle) as info:
+        load_model(str(folder), device="cpu", **kwargs)
+    assert "\n" not in str(info.value)
