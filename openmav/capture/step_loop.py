@@ -19,6 +19,7 @@ import torch
 from ..backends.loading import LoadedModel
 from ..errors import InputError, NonFiniteLogitsError
 from ..metrics import entropy, l2_norm, max_abs
+from . import fast_attention
 from .cached_forward import CachedForward
 from .hooks import CaptureHooks, attention_implementation
 from .records import StepRecord
@@ -36,6 +37,15 @@ class CaptureConfig:
     lens_top_k: int = 5
     top_k: int = 20
     lens_in_background: bool = True  # overlap the lens of token t with the forward of token t + 1
+
+
+def attention_rows_implementation(lm: LoadedModel) -> str:
+    """``"openmav_rows"`` (fast kernel for the output, probability rows beside it) where it was checked
+    equal to eager attention on this model (once, cached), else ``"eager"``."""
+    ok = lm.extra.get("fast_attention_rows")
+    if ok is None:
+        ok = lm.extra["fast_attention_rows"] = fast_attention.rows_match_eager(lm.model, lm.parts)
+    return fast_attention.NAME if ok else "eager"
 
 
 def token_texts(lm: LoadedModel) -> TokenTexts:
@@ -123,16 +133,18 @@ def generate_steps(lm: LoadedModel, prompt: str | None = None, max_new_tokens: i
     tokens = list(texts.many(input_ids[0].tolist()))
     prompt_len = input_ids.shape[1]
     ids = input_ids
-    impl = "eager" if capture.attention and parts.has_attention else None
+    impl = attention_rows_implementation(lm) if capture.attention and parts.has_attention else None
     forward = CachedForward(model, stateless=not parts.cached_steps, output_attentions=impl is not None)
     pool = ThreadPoolExecutor(1, thread_name_prefix="openmav-lens") \
         if capture.logit_lens and capture.lens_in_background else None
     with torch.inference_mode(), attention_implementation(model, impl), _shutdown(pool), \
             CaptureHooks(parts, attention=capture.attention) as hooks:
         hooks.full_pattern = capture.attention and capture.prompt_attention
+        fast_attention.STATE.full = hooks.full_pattern  # the prefill's whole pattern only when it is shown
         start = time.perf_counter()
         logits = forward(ids).logits[0, -1]
         hooks.full_pattern = False
+        fast_attention.STATE.full = True
         for step in range(max_new_tokens):
             raw = logits.float()
             _check_finite(raw, step)

@@ -1,0 +1,134 @@
+"""Attention rows at fused-kernel speed, through transformers' attention-function registry.
+
+Capturing attention used to mean switching a model to eager attention for the whole
+forward.  :func:`openmav_attention` is registered as the attention function
+``"openmav_rows"`` (``transformers.AttentionInterface``): it computes the attention
+*output* with the fast kernel (SDPA), and beside it only the probability rows a
+capture needs, with the model's own scaling, mask (causal, sliding window), soft-cap
+and attention sinks:
+
+- a decoding step (one query) costs one ``[heads, 1, d] x [d, keys]`` product and a
+  softmax over the cached keys;
+- the prefill returns the whole ``[heads, query, key]`` pattern only when a view asked
+  for the prompt's attention (:data:`STATE` ``.full``), else only its last row.
+
+Where a model's attention has features this function does not reproduce with the fast
+kernel (a soft-cap, sinks or a position bias), the output is computed from the same
+probabilities (eager arithmetic), so numbers never change.  A model is switched to it
+only when :func:`rows_match_eager` has checked, on the model itself, that the rows and
+logits equal eager attention (1e-5 in fp32); otherwise the step loop uses eager.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+
+NAME = "openmav_rows"
+
+
+class _State(threading.local):
+    full = True  # return whole patterns (the prompt's attention); False: the last query's row only
+
+
+STATE = _State()
+
+
+def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
+    if groups <= 1:
+        return x
+    b, h, s, d = x.shape
+    return x[:, :, None].expand(b, h, groups, s, d).reshape(b, h * groups, s, d)
+
+
+def openmav_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
+                      softcap=None, **kwargs):
+    """``(output [b, q, h, d_v], probabilities [b, h, q or 1, k])``: fast output, the rows a capture needs."""
+    groups = getattr(module, "num_key_value_groups", 1) or 1
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    sinks = kwargs.get("s_aux", getattr(module, "sinks", None))
+    bias = kwargs.get("position_bias")
+    exact = softcap is not None or sinks is not None or bias is not None or dropout
+    q = query if (STATE.full or exact) else query[:, :, -1:]
+    keys = _repeat_kv(key, groups)
+    scores = torch.matmul(q, keys.transpose(2, 3)) * scale
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    if bias is not None:
+        scores = scores + bias[:, :, -q.shape[2]:]
+    if attention_mask is not None:
+        scores = scores + attention_mask[:, :, -q.shape[2]:, : keys.shape[-2]]
+    if sinks is not None:
+        sink = sinks.reshape(1, -1, 1, 1).expand(q.shape[0], -1, q.shape[2], 1).to(scores.dtype)
+        combined = torch.cat([scores, sink], dim=-1)
+        combined = combined - combined.max(dim=-1, keepdim=True).values
+        probs = torch.softmax(combined, dim=-1, dtype=combined.dtype)[..., :-1].to(query.dtype)
+    else:
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    if exact:  # the output from these probabilities: the model's eager arithmetic
+        out = torch.matmul(probs, _repeat_kv(value, groups)).transpose(1, 2).contiguous()
+        return out, probs
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=scale, **kwargs)
+    return out, probs
+
+
+def register() -> str:
+    """Register :func:`openmav_attention` under :data:`NAME` (idempotent) and return the name."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, eager_mask
+
+    if NAME not in AttentionInterface._global_mapping:
+        AttentionInterface.register(NAME, openmav_attention)
+    if NAME not in ALL_MASK_ATTENTION_FUNCTIONS:
+        AttentionMaskInterface.register(NAME, eager_mask)  # always a full additive mask: rows need it
+    return NAME
+
+
+def supports_registry(model) -> bool:
+    """Whether the model's attention dispatches through the registry (the functional attention API)."""
+    return bool(getattr(type(model), "_supports_attention_backend", False))
+
+
+def rows_match_eager(model, parts, tol: float = 1e-5) -> bool:
+    """On the model itself: do this function's patterns and logits equal eager attention's?"""
+    from ..backends.probe import probe_forward
+    from .hooks import attention_implementation
+
+    register()
+    mods = [parts.attn[i] for i in parts.attention_layers]
+    try:
+        eager = probe_forward(model, mods, output_attentions=False)
+        with attention_implementation(model, NAME):
+            STATE.full = True
+            fast = _probe_with(model, mods)
+    except Exception:  # noqa: BLE001 - a model this function cannot drive keeps eager attention
+        return False
+    if getattr(model.config, "_attn_implementation", None) == NAME:
+        return False  # not switched back: never leave a model changed
+    for m in mods:
+        a, b = eager.weights.get(m), fast.weights.get(m)
+        if a is None or b is None or a.shape != b.shape or float((a - b).abs().max()) > tol:
+            return False
+    scale = max(1.0, float(eager.logits.abs().max()))
+    return float((eager.logits - fast.logits).abs().max()) <= 10 * tol * scale
+
+
+def _probe_with(model, mods):
+    """Like :func:`openmav.backends.probe.probe_forward`, in whatever attention the model has now."""
+    from ..backends.probe import Probe, probe_ids, weights_of
+
+    ids = probe_ids(model)
+    run = Probe(ids=ids)
+    handles = [m.register_forward_hook(lambda mod, a, o: run.weights.__setitem__(mod, weights_of(o).float()))
+               for m in mods]
+    try:
+        with torch.no_grad():
+            out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    run.logits = out.logits.float()
+    return run
