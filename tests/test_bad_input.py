@@ -187,6 +187,12 @@ CASES: list[tuple[list[str], str, str]] = [
     (["compare", "--output-dir", "{tmp}/blocked"], "is a file, not a folder", FLAG),
     (["compare", "--prompts"], "expected at least one argument", FLAG),
     (["compare", "--bogus"], "unrecognized arguments", FLAG),
+    # ---- loading options (mav maps, mav serve): device maps and quantization, before any model loads ----
+    (["maps", "--prompt", "hi", "--output-dir", "{tmp}/q1", "--device-map", "everywhere"], "unknown --device-map", FLAG),
+    (["maps", "--prompt", "hi", "--output-dir", "{tmp}/q2", "--load-in-8bit", "--load-in-4bit"], "exclude each other",
+     FLAG),
+    (["serve", "--device-map", ""], "--device-map", FLAG),
+    (["serve", "--device-map", "gpu0"], "unknown --device-map", FLAG),
     # ---- mav serve: refused before binding a port or loading ----
     (["serve", "--port", "0"], "--port must be at least 1 and at most 65535", FLAG),
     (["serve", "--port", "-1"], "--port", FLAG),

@@ -81,3 +81,24 @@ def test_bad_loading_options_are_one_line_before_loading(saved, kwargs, error, n
     with pytest.raises(error, match=needle) as info:
         load_model(str(folder), device="cpu", **kwargs)
     assert "\n" not in str(info.value)
+
+
+def test_mav_maps_with_a_device_map(saved, tmp_path):
+    from openmav.cli import main
+
+    _, folder = saved
+    code = main(["maps", "--model", str(folder), "--prompt", "The cat sat", "--output-dir", str(tmp_path / "maps"),
+                 "--max-new-tokens", "2", "--device-map", "auto", "--window", "8", "--stride", "4"])
+    assert code == 0 and (tmp_path / "maps" / "maps.html").is_file()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA machine may have bitsandbytes")
+@pytest.mark.parametrize("command", [["maps", "--prompt", "hi", "--output-dir", "out"], ["serve"]])
+@pytest.mark.parametrize("flag", ["--load-in-8bit", "--load-in-4bit"])
+def test_quantized_flags_without_cuda_are_one_line(command, flag, capsys, tmp_path, monkeypatch):
+    from openmav.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main([*command, flag]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs" in err[0] and flag in err[0]

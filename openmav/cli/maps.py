@@ -13,6 +13,7 @@ import argparse
 import os
 
 from .live import OneLineParser
+from .validate import add_loading_flags
 
 
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
@@ -21,7 +22,7 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
                    "or hub id (default: the bundled default model)")
     g.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default: auto)")
     g.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    g.add_argument("--load-in-8bit", action="store_true", help="load 8-bit via bitsandbytes (CUDA only)")
+    add_loading_flags(g)
 
 
 def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
@@ -64,7 +65,9 @@ def options_from_args(args: argparse.Namespace):
     return MapsOptions(model=args.model, prompt=args.prompt, output_dir=args.output_dir,
                        max_new_tokens=args.max_new_tokens, sampling=sampling, device=args.device,
                        dtype=args.dtype, chat=args.chat, window=args.window, stride=args.stride, reduce=reduce,
-                       head=args.head, load_in_8bit=args.load_in_8bit, workers=workers, overwrite=args.overwrite)
+                       head=args.head, load_in_8bit=args.load_in_8bit, workers=workers, overwrite=args.overwrite,
+                       load_in_4bit=args.load_in_4bit, device_map=args.device_map,
+                       offload_folder=args.offload_folder)
 
 
 def check_flag_pairs(args: argparse.Namespace) -> None:

@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8050, help="port (default 8050)")
     p.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default auto)")
     p.add_argument("--dtype", default="float32", help="float32, float16 or bfloat16 (default float32)")
+    from .validate import add_loading_flags
+
+    add_loading_flags(p)
     p.add_argument("--max-prompt-tokens", type=int, default=128, help="longest prompt accepted (default 128)")
     p.add_argument("--max-jobs", type=int, default=4, help="studies/circuits queued or running at once (default 4)")
     return p
@@ -67,8 +70,12 @@ def run(args) -> int:
     from ..backends.loading import load_model
     from ..web.app import create_app
 
-    lm = load_model(args.model, device=args.device, dtype=args.dtype,
-                    progress=lambda msg: print(msg, flush=True))
+    from .validate import loading_kwargs
+
+    extra = loading_kwargs(args)
+    split = extra["device_map"] is not None or extra["quantization"] is not None
+    lm = load_model(args.model, device=None if split and args.device == "auto" else args.device, dtype=args.dtype,
+                    progress=lambda msg: print(msg, flush=True), **extra)
     app = create_app(lm, max_prompt_tokens=args.max_prompt_tokens, max_jobs=args.max_jobs, hosts=[args.host])
     shown = f"[{args.host}]" if ":" in args.host else args.host
     docs = "API docs at /docs, schema at /openapi.json" if app.state.docs else "API schema at /openapi.json"

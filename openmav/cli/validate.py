@@ -295,7 +295,40 @@ SAMPLING = {
     "seed": SEED,
 }
 MAX_NEW_TOKENS = Number(int, 1, 1_000_000)
-MODEL = {"model": ModelName(), "device": Device(), "dtype": Dtype()}
+class DeviceMap(Rule):
+    """``--device-map``: one of accelerate's strategies (a dict of module -> device is for the Python API)."""
+
+    NAMES = ("auto", "balanced", "balanced_low_0", "sequential")
+
+    def check(self, flag, value, args=None):
+        check_text(flag, value)
+        if value not in self.NAMES:
+            raise InputError(f"unknown {flag} {value!r}: use {', '.join(self.NAMES)}")
+        return value
+
+
+class Quantized(Rule):
+    """``--load-in-8bit`` / ``--load-in-4bit``: bitsandbytes and a CUDA device, checked before anything loads."""
+
+    def check(self, flag, value, args=None):
+        if not value:
+            return value
+        if args is not None and getattr(args, "load_in_8bit", False) and getattr(args, "load_in_4bit", False):
+            raise InputError("--load-in-8bit and --load-in-4bit exclude each other: pick one")
+        import importlib.util
+
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise InputError(f"{flag} needs bitsandbytes and a CUDA device (bitsandbytes is not installed): drop "
+                             f"{flag}, or use --dtype bfloat16 to halve memory instead")
+        import torch
+
+        if not torch.cuda.is_available():
+            raise InputError(f"{flag} needs a CUDA device (none is available): drop {flag}")
+        return value
+
+
+MODEL = {"model": ModelName(), "device": Device(), "dtype": Dtype(), "device_map": DeviceMap(),
+         "load_in_8bit": Quantized(), "load_in_4bit": Quantized()}
 VIEW = {
     "refresh_rate": Number(float, 0.0, why="0: no cap"),
     "limit_chars": Number(int, 1, 10_000_000),
@@ -343,6 +376,26 @@ TABLE: dict[str, dict[str, Rule]] = {
         "delay": Number(float, 0.0, 86_400.0),
     },
 }
+
+
+def add_loading_flags(group) -> None:
+    """``--device-map``, ``--offload-folder``, ``--load-in-8bit``, ``--load-in-4bit`` (shared by the commands)."""
+    group.add_argument("--device-map", default=None, metavar="MAP",
+                       help="split a model bigger than one device with accelerate: auto, balanced, "
+                            "balanced_low_0 or sequential (layers may go to the CPU or, with --offload-folder, "
+                            "to disk)")
+    group.add_argument("--offload-folder", default=None, metavar="DIR", help="where --device-map puts layers "
+                                                                              "offloaded to disk")
+    group.add_argument("--load-in-8bit", action="store_true", help="load 8-bit through bitsandbytes (CUDA only)")
+    group.add_argument("--load-in-4bit", action="store_true", help="load 4-bit through bitsandbytes (CUDA only)")
+
+
+def loading_kwargs(args) -> dict:
+    """``load_model`` keyword arguments from the loading flags."""
+    quantization = "8bit" if getattr(args, "load_in_8bit", False) else \
+        "4bit" if getattr(args, "load_in_4bit", False) else None
+    return {"device_map": getattr(args, "device_map", None), "offload_folder": getattr(args, "offload_folder", None),
+            "quantization": quantization}
 
 
 def check_args(command: str, args) -> None:

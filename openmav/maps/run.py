@@ -8,14 +8,13 @@ whether 8-bit loading is possible here.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 
 from ..capture import SamplingConfig
-from ..errors import DeviceError, InputError
+from ..errors import InputError
 from .windows import check_window
 
 SIDECAR, PAGE = "maps.json", "maps.html"
@@ -37,6 +36,9 @@ class MapsOptions:
     reduce: str = "max"
     head: int | None = None
     load_in_8bit: bool = False
+    load_in_4bit: bool = False
+    device_map: str | None = None
+    offload_folder: str | None = None
     workers: int = 0
     overwrite: bool = False
 
@@ -67,8 +69,10 @@ def check_options(o: MapsOptions) -> None:
         raise InputError(f"--workers must be 0 (no pool) or more, got {o.workers}")
     o.sampling.validate()
     check_output_dir(o.output_dir, o.overwrite)
-    if o.load_in_8bit:
-        check_8bit(o.device)
+    from ..backends.loading import check_device_map, check_quantization
+
+    check_device_map(o.device_map)
+    check_quantization("8bit" if o.load_in_8bit else "4bit" if o.load_in_4bit else None)
 
 
 def check_output_dir(path: str, overwrite: bool) -> None:
@@ -102,37 +106,14 @@ def check_output_dir(path: str, overwrite: bool) -> None:
                 pass
 
 
-def check_8bit(device: str) -> None:
-    import torch
-
-    missing = []
-    if device not in ("auto", "cuda") and not device.startswith("cuda:"):
-        missing.append(f"--device {device} is not a CUDA device")
-    elif not torch.cuda.is_available():
-        missing.append("no CUDA device is available")
-    if importlib.util.find_spec("bitsandbytes") is None:
-        missing.append("bitsandbytes is not installed")
-    if missing:
-        raise DeviceError("--load-in-8bit needs a CUDA device and bitsandbytes (" + "; ".join(missing) +
-                          "): drop --load-in-8bit")
-
-
 def load(o: MapsOptions):
-    """Load the model; 8-bit through bitsandbytes on CUDA when asked for."""
-    from ..backends.loading import load_model, wrap_model
+    """Load the model: on a device, split by a device map, or quantized (bitsandbytes, CUDA)."""
+    from ..backends.loading import load_model
 
-    if not o.load_in_8bit:
-        return load_model(o.model, device=o.device, dtype=o.dtype)
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
-
-    from ..backends.sources import convert_gguf, resolve_source
-
-    src = resolve_source(o.model)
-    location = str(convert_gguf(src.gguf)) if src.gguf is not None else src.location
-    model = AutoModelForCausalLM.from_pretrained(
-        location, quantization_config=BitsAndBytesConfig(load_in_8bit=True), device_map={"": 0})
-    model.eval()
-    return wrap_model(model, AutoTokenizer.from_pretrained(location), name=src.name, source=src.kind)
+    quantization = "8bit" if o.load_in_8bit else "4bit" if o.load_in_4bit else None
+    split = o.device_map is not None or quantization is not None
+    return load_model(o.model, device=None if split and o.device == "auto" else o.device, dtype=o.dtype,
+                      device_map=o.device_map, offload_folder=o.offload_folder, quantization=quantization)
 
 
 def check_model(o: MapsOptions, lm) -> None:
