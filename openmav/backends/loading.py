@@ -96,14 +96,14 @@ def find_parts(model, verify: bool = True) -> ModelParts:
             parts = ModelParts.resolve(model, declared)
             if verify:
                 verify_parts(model, parts)
-                return replace(parts, cached_steps=cached_steps_match(model))
+                return _checked(model, parts)
             return parts
         except Exception as exc:  # noqa: BLE001 - any failure of a row is a reason to try inference
             failures.append(f"declared adapter {declared.name}: {_reason(exc)}")
     try:
         parts = ModelParts.resolve(model, infer_adapter(model), inferred=True)
         verify_parts(model, parts)
-        return replace(parts, cached_steps=cached_steps_match(model))
+        return _checked(model, parts)
     except Exception as exc:  # noqa: BLE001 - reported as one line below
         failures.append(f"inferred adapter: {_reason(exc)}")
     raise UnsupportedModelError(f"{type(model).__name__} ({model_type}) cannot be read safely: "
@@ -130,6 +130,14 @@ def _refuse_encoder_config(location: str, name: str) -> None:
     except Exception:  # noqa: BLE001 - no local config: the check runs after loading instead
         return
     _refuse_encoder(type("ConfigOnly", (), {"config": config})(), name)
+
+
+def _checked(model, parts: ModelParts) -> ModelParts:
+    """The load-time checks beyond the invariants: cached steps, and the fast attention-rows function."""
+    from ..capture.fast_attention import rows_match_eager
+
+    rows = parts.has_attention and rows_match_eager(model, parts)
+    return replace(parts, cached_steps=cached_steps_match(model), rows_function=rows)
 
 
 def _reason(exc: Exception) -> str:

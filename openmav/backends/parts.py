@@ -79,6 +79,7 @@ class ModelParts:
     final_logit_softcap: float | None = None
     inferred: bool = False
     cached_steps: bool = True  # a cached step was checked equal to an uncached forward at load
+    rows_function: bool = False  # the registered attention-rows function was checked equal to eager at load
 
     @property
     def shape(self) -> str:

@@ -41,10 +41,8 @@ class CaptureConfig:
 
 def attention_rows_implementation(lm: LoadedModel) -> str:
     """``"openmav_rows"`` (fast kernel for the output, probability rows beside it) where it was checked
-    equal to eager attention on this model (once, cached), else ``"eager"``."""
-    ok = lm.extra.get("fast_attention_rows")
-    if ok is None:
-        ok = lm.extra["fast_attention_rows"] = fast_attention.rows_match_eager(lm.model, lm.parts)
+    equal to eager attention on this model at load, else ``"eager"``."""
+    ok = lm.extra.get("fast_attention_rows", lm.parts.rows_function)  # checked at load (find_parts)
     return fast_attention.register() if ok else "eager"
 
 
