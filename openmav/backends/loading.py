@@ -135,6 +135,7 @@ def _refuse_encoder_config(location: str, name: str) -> None:
 def _checked(model, parts: ModelParts) -> ModelParts:
     """The load-time checks beyond the invariants: cached steps, and the fast attention-rows function."""
     from ..capture.fast_attention import rows_match_eager
+    from .verify import cached_steps_match
 
     rows = parts.has_attention and rows_match_eager(model, parts)
     return replace(parts, cached_steps=cached_steps_match(model), rows_function=rows)
