@@ -106,3 +106,45 @@ def test_smollm2_has_induction_heads(smollm2):
     assert scores.induction.shape == (30, 9)
     assert scores.induction.max() > 0.5  # a trained model has induction heads; random init does not
     assert scores.previous_token.max() > 0.5
+
+
+def _tiny_bert():
+    import transformers as tf
+
+    from openmav.analysis.extractor import AttentionExtractor
+    from openmav.testing import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    config = tf.BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                           intermediate_size=64, max_position_embeddings=64, pad_token_id=0)
+    torch.manual_seed(0)
+    model = tf.BertModel(config).eval()
+    return model, AttentionExtractor(model=model, tokenizer=tok, model_name="tiny-bert")
+
+
+def test_encoder_is_refused_in_one_sentence():
+    model, ex = _tiny_bert()
+    assert ex.is_encoder and ex.handle.lm is None
+    for target in (ex, ex.handle, model):
+        with pytest.raises(TypeError, match="head scores do not apply to") as info:
+            compute_head_scores(target, seq_len=4, batch=1)
+        assert isinstance(info.value, InputError) and len(str(info.value).splitlines()) == 1
+    with pytest.raises(TypeError, match="got None; an encoder's extractor has handle.lm None"):
+        compute_head_scores(ex.handle.lm, seq_len=4, batch=1)
+    with pytest.raises(TypeError, match="need a LoadedModel or an AttentionExtractor, got str"):
+        compute_head_scores("smollm2-135m")
+
+
+def test_extractor_accepted_and_short_repr(tiny):
+    from openmav.analysis.extractor import AttentionExtractor
+
+    lm = tiny("llama", n_layers=3)
+    direct = compute_head_scores(lm, seq_len=5, batch=1)
+    via = compute_head_scores(AttentionExtractor(model=lm), seq_len=5, batch=1)
+    np.testing.assert_array_equal(direct.induction, via.induction)
+    text = repr(via)
+    assert len(text.splitlines()) == 3 and "3 layers x 4 heads" in text and "[[" not in text
+    with pytest.raises(ValueError, match="unknown head score 'copy'"):
+        via.get("copy")
+    with pytest.raises(ValueError, match="k must be an integer >= 1"):
+        via.top("induction", 0)

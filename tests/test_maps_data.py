@@ -175,6 +175,6 @@ def test_process_pool_writes_the_same_images(run, tmp_path):
 def test_drawable_replaces_control_and_missing_glyphs():
     from openmav.maps.render import drawable, shorten
 
-    assert drawable("a\x0cb") == "a□b"
+    assert drawable("a\x0cb") == "a\\x0cb"  # a control character is shown as its escaped code point
     assert drawable("␣the↵") == "␣the↵"
     assert shorten("abcdefghij", 7) == "abcdef…" and shorten("abc", 7) == "abc"

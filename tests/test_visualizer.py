@@ -8,9 +8,10 @@ import matplotlib
 import numpy as np
 import pytest
 
+from openmav.analysis import compare
 from openmav.analysis.extractor import AttentionExtractor
 from openmav.analysis.head_scores import compute_head_scores
-from openmav.analysis.visualizer import AttentionVisualizer
+from openmav.analysis.visualizer import AttentionVisualizer, NotebookFigure
 from openmav.errors import InputError
 
 PROMPTS = ["The cat sat on the mat", "A cat was sitting on a mat", "I love this movie"]
@@ -35,7 +36,7 @@ def test_heatmap_data_is_the_attention(setup, tmp_path):
     # the original project's call: one layer's [1, h, s, s]
     fig2 = viz.plot_attention_heatmap(res["attention_weights"][0], res["tokens"], layer_idx=0, head_idx=1)
     np.testing.assert_array_equal(np.asarray(fig2.axes[0].images[0].get_array()), res.attention[0][0, 1])
-    with pytest.raises(InputError, match=r"valid 0\.\.3"):
+    with pytest.raises(InputError, match=r"are 0\.\.3"):
         viz.plot_attention_heatmap(res.attention, res.tokens, layer_idx=0, head_idx=4)
 
 
@@ -71,11 +72,14 @@ def test_neuron_plots(setup):
     assert len(order) == 10
     np.testing.assert_array_equal(np.asarray(fig.axes[0].images[0].get_array()), neurons.mlp[:, order])
     assert set(order) == set(np.argsort(neurons.mlp.var(0))[::-1][:10])
-    comparison = ex.compare_prompts(PROMPTS)
+    comparison = compare.compare_prompts(ex, PROMPTS)
     fig = viz.plot_activation_comparison(comparison, layer_idx=3, top_k=5)
     idx = fig.neuron_indices
-    for line, r in zip(fig.axes[0].lines, comparison):
-        np.testing.assert_allclose(line.get_ydata(), r.mlp_mean[3][idx], rtol=1e-6)
+    m = min(len(r.tokens) for r in comparison)
+    for line, r in zip(fig.axes[0].lines, comparison):  # means over positions 1..m-1, as the table's
+        want = ex.get_neuron_activations(r.prompt, 3).mlp[1:m, idx].mean(0)
+        np.testing.assert_allclose(line.get_ydata(), want, rtol=1e-4, atol=1e-6)
+    assert "positions 1.." in fig.axes[0].get_ylabel()
 
 
 def test_head_scores_plot(setup, tmp_path):
@@ -104,10 +108,49 @@ def test_no_pyplot_state_and_notebook_reprs(setup):
 
     ex, res, viz = setup
     before = plt.get_fignums()
-    viz.plot_attention_heatmap(res.attention, res.tokens)
-    viz.plot_all_heads(res.attention, res.tokens)
+    figs = [viz.plot_attention_heatmap(res.attention, res.tokens), viz.plot_all_heads(res.attention, res.tokens),
+            viz.plot_layer_statistics(ex.get_attention_stats(PROMPTS[0]))]
     assert plt.get_fignums() == before  # nothing registered with pyplot, nothing shown
     assert matplotlib.get_backend()
-    for obj in (res, ex.get_attention_stats(PROMPTS[1]), ex.compare_prompts(PROMPTS[:2])):
+    for fig in figs:  # Jupyter shows a figure that ends a cell through _repr_png_, with no magic
+        assert isinstance(fig, NotebookFigure) and isinstance(fig, matplotlib.figure.Figure)
+        png = fig._repr_png_()
+        assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 2000
+    assert plt.get_fignums() == before
+    comparison = compare.compare_prompts(ex, PROMPTS[:2])
+    for obj in (res, ex.get_attention_stats(PROMPTS[1]), ex.compare_prompts(PROMPTS[:2]), comparison):
         html = obj._repr_html_()
         assert "<table>" in html and "http" not in html
+
+
+def test_text_reprs_are_a_few_lines(setup):
+    ex, res, viz = setup
+    scores = compute_head_scores(ex, seq_len=6, batch=1)
+    comparison = compare.compare_prompts(ex, PROMPTS)
+    stats = ex.get_attention_stats(PROMPTS[0])
+    for obj in (scores, comparison, stats, stats._stats, res):
+        text = repr(obj)
+        assert len(text.splitlines()) <= 8 and len(text) < 800, text
+        assert "[[" not in text and "array(" not in text  # never array contents
+    assert "12 layers x 4 heads" in repr(scores) and "which every prompt has" in repr(comparison)
+
+
+def test_out_of_range_names_the_valid_range(setup):
+    ex, res, viz = setup
+    cases = [
+        (lambda: viz.plot_all_heads(res.attention, res.tokens, layer_idx=12), r"the 12 layers are 0\.\.11"),
+        (lambda: viz.plot_all_heads(res.attention_array(), res.tokens, layer_idx=-13), r"0\.\.11"),
+        (lambda: viz.plot_attention_heatmap(res.attention, res.tokens, layer_idx=40), r"0\.\.11"),
+        (lambda: viz.plot_attention_heatmap(res.attention, res.tokens, 2, head_idx=4), r"the 4 heads .* 0\.\.3"),
+        (lambda: viz.plot_attention_heatmap(res.attention, res.tokens[:3]), "give the tokens of the same prompt"),
+        (lambda: viz.plot_neuron_activations(np.zeros((6, 8)), res.tokens, top_k=0), "top_k must be"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ValueError, match=message) as info:
+            call()
+        assert isinstance(info.value, InputError) and len(str(info.value).splitlines()) == 1
+    with pytest.raises(IndexError, match=r"0\.\.11"):  # also an IndexError, for code that caught the bare one
+        viz.plot_all_heads(res.attention, res.tokens, layer_idx=12)
+    comparison = compare.compare_prompts(ex, PROMPTS[:2])
+    with pytest.raises(IndexError, match=r"0\.\.11"):
+        viz.plot_activation_comparison(comparison, layer_idx=12)

@@ -10,6 +10,10 @@ positions ``i`` of the random part (means over batch and positions):
 - induction score:       ``mean_i A[i, i-T+1]``                     (``i`` in copies 2..n: the token after that earlier copy)
 
 Each score lies in [0, 1]; 1 means the head puts all its weight there.
+
+They are defined for causal LMs (the patterns of a model reading left to right); a
+bidirectional encoder is refused with one sentence (:class:`~openmav.analysis.stats.NotApplicableError`,
+a ``TypeError``).
 """
 
 from __future__ import annotations
@@ -20,8 +24,8 @@ import numpy as np
 import torch
 
 from ..backends.loading import LoadedModel
-from ..errors import InputError
 from .patterns import attention_patterns
+from .stats import AnalysisValueError, NotApplicableError
 
 SCORE_NAMES = ("previous_token", "duplicate_token", "induction")
 
@@ -47,13 +51,16 @@ class HeadScores:
 
     def get(self, name: str) -> np.ndarray:
         if name not in SCORE_NAMES:
-            raise InputError(f"unknown head score {name!r}; known: {', '.join(SCORE_NAMES)}")
+            raise AnalysisValueError(f"unknown head score {name!r}; known: {', '.join(SCORE_NAMES)}")
         return getattr(self, name)
 
     def top(self, name: str, k: int = 5) -> list[tuple[int, int, float]]:
         """The ``k`` highest-scoring heads for ``name`` as ``(layer, head, score)``."""
         arr = self.get(name)
-        order = np.argsort(arr, axis=None)[::-1][:k]
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise AnalysisValueError(f"k must be an integer >= 1, got {k!r}")
+        ranked = np.where(np.isnan(arr), -np.inf, arr)  # layers without attention (hybrids) hold NaN
+        order = np.argsort(ranked, axis=None, kind="stable")[::-1][:k]
         return [(int(i // arr.shape[1]), int(i % arr.shape[1]), float(arr.flat[i])) for i in order]
 
     def to_dict(self) -> dict:
@@ -63,6 +70,14 @@ class HeadScores:
             "seq_len": self.seq_len, "n_repeats": self.n_repeats, "batch": self.batch,
             **{name: getattr(self, name).round(6).tolist() for name in SCORE_NAMES},
         }
+
+    def __repr__(self) -> str:
+        best = ", ".join(f"{name.split('_')[0]} L{layer}H{head} {value:.2f}"
+                         for name in SCORE_NAMES for layer, head, value in self.top(name, 1))
+        return (f"HeadScores: {self.n_layers} layers x {self.n_heads} heads "
+                f"(seq_len {self.seq_len}, {self.n_repeats} repeats, batch {self.batch})\n"
+                f"  scores: {', '.join(SCORE_NAMES)}: each [{self.n_layers}, {self.n_heads}]\n"
+                f"  best: {best}")
 
     def _repr_html_(self) -> str:
         from .notebook import head_scores_html
@@ -101,16 +116,47 @@ def scores_from_patterns(patterns: list[torch.Tensor], seq_len: int, n_repeats: 
     return tuple(torch.stack(x).numpy() for x in (prev, dup, ind))  # type: ignore[return-value]
 
 
+def causal_model(model) -> LoadedModel:
+    """The causal LM behind ``model``: a LoadedModel, an ``AttentionExtractor`` or its ``handle``.
+
+    An encoder is refused (:class:`~openmav.analysis.stats.NotApplicableError`), as is anything else.
+    """
+    if isinstance(model, LoadedModel):
+        return model
+    handle = getattr(model, "handle", model)
+    if getattr(handle, "is_encoder", False):
+        name = getattr(handle, "name", "this model")
+        raise NotApplicableError(f"head scores do not apply to {name}: it is a bidirectional encoder, and "
+                                 "previous-token, duplicate-token and induction scores are defined for causal LMs")
+    lm = getattr(handle, "lm", None)
+    if isinstance(lm, LoadedModel):
+        return lm
+    if model is None:
+        raise NotApplicableError("head scores need a causal LM (a LoadedModel or an AttentionExtractor), got None; "
+                                 "an encoder's extractor has handle.lm None because head scores do not apply to it")
+    from .models import is_encoder_model
+
+    if hasattr(model, "config") and is_encoder_model(model):
+        raise NotApplicableError(f"head scores do not apply to a {type(model).__name__}: it is a bidirectional "
+                                 "encoder, and the scores are defined for causal LMs")
+    raise NotApplicableError(f"head scores need a LoadedModel or an AttentionExtractor, got {type(model).__name__} "
+                             "(wrap a transformers model with AttentionExtractor(model=..., tokenizer=...))")
+
+
 def compute_head_scores(lm: LoadedModel, seq_len: int = 30, n_repeats: int = 2, batch: int = 4,
                         seed: int = 0) -> HeadScores:
-    """Previous-token, duplicate-token and induction scores of every head (see the module doc)."""
+    """Previous-token, duplicate-token and induction scores of every head (see the module doc).
+
+    ``lm``: a causal LM's LoadedModel, or an ``AttentionExtractor`` (or its ``handle``) of one.
+    """
+    lm = causal_model(lm)
     if seq_len < 2 or n_repeats < 2 or batch < 1:
-        raise InputError(f"head scores need seq_len >= 2, n_repeats >= 2, batch >= 1; got "
+        raise AnalysisValueError(f"head scores need seq_len >= 2, n_repeats >= 2, batch >= 1; got "
                          f"{seq_len}, {n_repeats}, {batch}")
     ids, offset = repeated_random_tokens(lm, seq_len, n_repeats, batch, seed)
     ctx = lm.context_length
     if ctx and ids.shape[1] > ctx:
-        raise InputError(f"seq_len * n_repeats (+1 for BOS) = {ids.shape[1]} tokens exceeds the context of "
+        raise AnalysisValueError(f"seq_len * n_repeats (+1 for BOS) = {ids.shape[1]} tokens exceeds the context of "
                          f"{lm.name} ({ctx}); valid: seq_len * n_repeats <= {ctx - offset}")
     patterns = attention_patterns(lm, ids)
     prev, dup, ind = scores_from_patterns(patterns, seq_len, n_repeats, offset)

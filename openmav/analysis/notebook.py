@@ -1,4 +1,8 @@
-"""Jupyter display: small self-contained HTML (no scripts, no network) for results.
+"""Jupyter display: small self-contained HTML (no scripts, no network) for results, PNG for figures.
+
+Results, statistics and head scores show a table through ``_repr_html_``; the matplotlib
+figures of :class:`~openmav.analysis.visualizer.AttentionVisualizer` show as a PNG through
+``_repr_png_`` (:func:`figure_png`), so neither needs ``%matplotlib`` or pyplot.
 
 Every piece of text (prompts, token text, model names, numbers) is escaped with
 :func:`html.escape`, quotes included, so none of it can become an element or attribute.
@@ -35,9 +39,14 @@ def head_scores_html(scores, k: int = 5) -> str:
                       f"head scores ({scores.n_layers} layers x {scores.n_heads} heads)")
 
 
-def figure_png_html(fig) -> str:
-    """A matplotlib figure as an inline base64 PNG ``<img>``."""
+def figure_png(fig) -> bytes:
+    """A matplotlib figure as PNG bytes (Agg; pyplot is not involved)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight")
-    data = base64.b64encode(buf.getvalue()).decode("ascii")
+    return buf.getvalue()
+
+
+def figure_png_html(fig) -> str:
+    """A matplotlib figure as an inline base64 PNG ``<img>``."""
+    data = base64.b64encode(figure_png(fig)).decode("ascii")
     return f'<img src="data:image/png;base64,{data}"/>'

@@ -1,17 +1,32 @@
 """Per-head attention statistics that mean something (never a mean of softmax rows, always 1/seq).
 
 For one head's probabilities ``A [q, k]`` over one unpadded prompt, with ``R`` the
-query rows counted (all rows for an encoder; rows ``i >= 1`` for a causal model, whose
-row 0 can only look at itself) and ``V_i`` the keys row ``i`` can see (``j <= i``
-causal, all keys for an encoder), every statistic is a mean over ``i in R`` of:
+query rows counted and ``V_i`` the keys row ``i`` can see (``j <= i`` causal, all keys
+for an encoder), every statistic is a mean over ``i in R`` of:
 
 - ``entropy``:      ``-sum_j A[i,j] ln A[i,j]``                (nats)
 - ``max_weight``:   ``max_j A[i,j]``
 - ``sparsity``:     ``|{j in V_i : A[i,j] < threshold}| / |V_i|``  (share of visible weights below threshold)
-- ``distance``:     ``sum_j A[i,j] |i - j|``                   (mean attention distance, in tokens)
+- ``distance``:     ``sum_{j>=1} A[i,j] |i - j|``              (mean attention distance in tokens, the
+  weight on the first token counted as distance 0: that weight is the ``sink`` statistic)
 - ``sink``:         ``A[i, 0]``                                 (attention to the first token)
 
+By default ``R`` is every row for an encoder and rows ``i >= 1`` for a causal model (its
+row 0 can only look at itself); :func:`head_statistics` takes other rows (the comparisons
+of :mod:`openmav.analysis.compare` count only positions every prompt has).
+
+Why ``distance`` leaves the first key out: trained models park most of a head's weight on
+the first token (the attention sink), and ``A[i,0] |i - 0| = A[i,0] i`` grows with the
+position, so with it a sink head's distance is about half the prompt length whatever the head
+reads (SmolLM2 L18H8, all its weight on the first token: 3.0 tokens on "The cat sat on the mat",
+9.0 on that sentence three times; without it, 0.0 on both).  Renormalising the remaining weight
+instead would blow up the rounding noise of such a head (its last 1e-4 of weight).
+
 Layers are indexed by integers and kept in numeric order.
+
+The error classes of the analysis API are here too: each is an
+:class:`~openmav.errors.InputError` (so ``mav`` prints it as one line) and the built-in
+exception a Python caller expects (:class:`ValueError`, :class:`IndexError`, :class:`TypeError`).
 """
 
 from __future__ import annotations
@@ -21,26 +36,63 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..errors import InputError
 from ..metrics import entropy
 
 METRICS = ("entropy", "max_weight", "sparsity", "distance", "sink")
 
 
-def head_statistics(attention: torch.Tensor, causal: bool, threshold: float = 0.01) -> dict[str, torch.Tensor]:
-    """Statistics ``{metric: [..., h]}`` for probabilities ``[..., h, q, k]`` of one unpadded prompt."""
+class AnalysisValueError(InputError, ValueError):
+    """A value given to the analysis API is not valid (an empty prompt list, a bad option)."""
+
+
+class IndexOutOfRange(AnalysisValueError, IndexError):
+    """A layer, head, neuron or prompt index outside the valid range (also an IndexError)."""
+
+
+class NotApplicableError(InputError, TypeError):
+    """The method does not apply to this kind of model or object (e.g. head scores of an encoder)."""
+
+
+def check_index(index, size: int, what: str, of: str = "") -> int:
+    """``index`` as ``0..size-1`` (negative counts from the end); :class:`IndexOutOfRange` naming the range."""
+    where = f" of {of}" if of else ""
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+        raise IndexOutOfRange(f"{what} index must be an integer, got {index!r}")
+    if size < 1:
+        raise IndexOutOfRange(f"there is no {what}{where} to index")
+    if not -size <= index < size:
+        raise IndexOutOfRange(f"{what} index {index} is out of range: the {size} {what}s{where} are "
+                              f"0..{size - 1} (or -{size}..-1 from the end)")
+    return int(index) % size
+
+
+def head_statistics(attention: torch.Tensor, causal: bool, threshold: float = 0.01,
+                    rows: range | None = None) -> dict[str, torch.Tensor]:
+    """Statistics ``{metric: [..., h]}`` for probabilities ``[..., h, q, k]`` of one unpadded prompt.
+
+    ``rows``: the query rows averaged over (default: all for an encoder, ``1..q-1`` causal);
+    a causal model's row 0 is never counted, whatever ``rows`` says.
+    """
     a = attention.float()
     q, k = a.shape[-2], a.shape[-1]
     qi = torch.arange(q).unsqueeze(1)
     kj = torch.arange(k).unsqueeze(0)
     visible = (kj <= qi + (k - q)) if causal else torch.ones(q, k, dtype=torch.bool)
-    rows = slice(1, None) if causal and q > 1 else slice(None)
+    if rows is None:
+        rows = range(1, q) if causal and q > 1 else range(q)
+    picked = [i for i in rows if 0 <= i < q and not (causal and i + (k - q) == 0 and q > 1)]
+    if not picked:
+        raise AnalysisValueError(f"no query rows to average over: rows {rows.start}..{rows.stop - 1} "
+                                 f"of a {q}-token prompt")
     below = ((a < threshold) & visible).sum(-1).float() / visible.sum(-1).float()
-    distance = (a * (qi + (k - q) - kj).abs().float()).sum(-1)
+    distance = (a[..., 1:] * (qi + (k - q) - kj[:, 1:]).abs().float()).sum(-1)
     per_row = {
         "entropy": entropy(a), "max_weight": a.amax(-1), "sparsity": below,
         "distance": distance, "sink": a[..., 0],
     }
-    return {name: value[..., rows].mean(-1) for name, value in per_row.items()}
+    index = torch.tensor(picked)
+    return {name: value.index_select(-1, index).mean(-1) for name, value in per_row.items()}
 
 
 @dataclass
@@ -75,6 +127,12 @@ class AttentionStats:
     def to_dict(self) -> dict:
         return {"prompt": self.prompt, "threshold": self.threshold, "layers": self.layers,
                 **{m: self.values[m].tolist() for m in METRICS}}
+
+    def __repr__(self) -> str:
+        shape = "x".join(str(n) for n in np.shape(next(iter(self.values.values()))))
+        text = self.prompt if len(self.prompt) <= 60 else self.prompt[:59] + "\u2026"
+        return (f"AttentionStats\n  prompt: {text!r}\n"
+                f"  metrics: {', '.join(self.values)}: each [{shape}] (layers x heads)")
 
     def _repr_html_(self) -> str:
         from .notebook import table_html

@@ -6,6 +6,11 @@ and/or ``--prompts ...``) and ``all``.  The model is loaded once for all modes. 
 writes its figures into ``--output-dir/<mode>/`` plus ``differences.csv``: the heads and
 neurons whose behaviour differs most between the prompts, also printed as a table.
 
+Values are means over the positions every prompt has, the first (attention-sink) position
+left out (``--positions all``: each prompt's own positions; ``--include-first``); the formula
+is in :mod:`openmav.analysis.compare`.  Every prompt needs at least 2 tokens: that, empty
+prompts and prompts past the context are checked, for every mode, before any file is written.
+
 Files of an earlier run are never replaced without ``--force``: that is checked,
 with every flag, before the model loads.  Each file is written under a temporary
 name beside its target and renamed into place, so an interrupted run leaves no
@@ -41,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default: cpu)")
     p.add_argument("--layer", type=int, default=-1, help="layer for heatmaps and neuron plots (default: last)")
     p.add_argument("--top-k", type=int, default=10, help="rows per group in the differences table (default: 10)")
+    p.add_argument("--positions", choices=("aligned", "all"), default="aligned",
+                   help="positions the values average over: those every prompt has (aligned, default) "
+                        "or each prompt's own (all)")
+    p.add_argument("--include-first", action="store_true",
+                   help="count the first position too (left out by default: it is an attention sink)")
     p.add_argument("--head-scores", action="store_true", help="also plot previous-token/induction head scores")
     p.add_argument("--force", action="store_true", help="replace figures and tables of an earlier run in --output-dir")
     return p
@@ -103,8 +113,11 @@ def _write(path: Path, write) -> Path:
     return path
 
 
-def run_mode(extractor, viz, name: str, prompts: list[str], out: Path, layer: int, top_k: int, console) -> list[Path]:
+def run_mode(extractor, viz, name: str, prompts: list[str], out: Path, layer: int, top_k: int, console,
+             positions: str = "aligned", skip_first: bool = True) -> list[Path]:
     """Write one mode's figures and table (each write-then-rename); returns the files written."""
+    from rich.text import Text
+
     from ..analysis import compare
 
     layer = extractor.layer_index(layer)
@@ -113,7 +126,10 @@ def run_mode(extractor, viz, name: str, prompts: list[str], out: Path, layer: in
         res = extractor.extract_activations(prompts[0])
         return [_write(out / "interactive_attention.html", lambda p: viz.plot_interactive_attention(res, p)),
                 _write(out / "layer_stats.png", lambda p: viz.plot_layer_statistics(res.stats(), p))]
-    comparison = extractor.compare_prompts(prompts)
+    comparison = compare.compare_prompts(extractor, prompts, positions=positions, skip_first=skip_first)
+    note = comparison.note("--positions all")
+    if note:
+        console.print(Text(note), soft_wrap=True)  # one line; the terminal wraps it
     rows = compare.differences(comparison, top_k)
     head = next(r for r in rows if r.kind == "head")  # the head whose entropy differs most
     written = []
@@ -123,13 +139,26 @@ def run_mode(extractor, viz, name: str, prompts: list[str], out: Path, layer: in
             res.attention, res.tokens, head.layer, head.index, p, title=title)))
         written.append(_write(out / f"all_heads_{i}.png",
                               lambda p: viz.plot_all_heads(res.attention, res.tokens, layer, p)))
+    how = comparison.describe_positions()
+    if comparison.neuron_values is not None:
+        written.append(_write(out / "neuron_comparison.png",
+                              lambda p: viz.plot_activation_comparison(comparison, layer, save_path=p)))
     written += [
-        _write(out / "neuron_comparison.png", lambda p: viz.plot_activation_comparison(comparison, layer, save_path=p)),
-        _write(out / "layer_stats.png", lambda p: viz.plot_layer_statistics(comparison[0].stats(), p)),
-        _write(out / "differences.csv", lambda p: compare.write_csv(rows, prompts, p)),
+        _write(out / "layer_stats.png", lambda p: viz.plot_layer_statistics(comparison, p, note=how)),
+        _write(out / "differences.csv", lambda p: compare.write_csv(rows, comparison, p)),
     ]
-    console.print(compare.rich_table(rows, prompts, f"{name}: largest differences between prompts"))
+    console.print(compare.rich_table(rows, prompts, f"{name}: largest differences between prompts", how))
     return written
+
+
+def check_prompts(extractor, plan, positions: str, skip_first: bool) -> None:
+    """Refuse, before any file is written, a prompt that is empty, past the context or under 2 tokens."""
+    from ..analysis.compare import position_spans
+
+    for name, prompts in plan:
+        encoded = extractor._encode(prompts)
+        if name != "interactive":
+            position_spans([len(ids) for ids in encoded], positions, skip_first, prompts)
 
 
 def run(args) -> int:
@@ -152,11 +181,15 @@ def run(args) -> int:
 
     extractor = AttentionExtractor(args.model, device=args.device)  # loaded once for every mode
     extractor.layer_index(args.layer)
+    check_prompts(extractor, plan, args.positions, not args.include_first)
     viz = AttentionVisualizer()
     for name, prompts in plan:
-        files = run_mode(extractor, viz, name, prompts, root / name, args.layer, args.top_k, console)
+        files = run_mode(extractor, viz, name, prompts, root / name, args.layer, args.top_k, console,
+                         args.positions, not args.include_first)
         console.print(f"[bold]{name}[/bold]: wrote {len(files)} files to {root / name}")
-    if args.head_scores and not extractor.is_encoder:
+    if args.head_scores and extractor.is_encoder:
+        console.print("head scores: not written, they are defined for causal LMs and this is an encoder")
+    elif args.head_scores:
         from ..analysis.head_scores import compute_head_scores
 
         scores = compute_head_scores(extractor.handle.lm)

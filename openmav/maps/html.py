@@ -2,9 +2,11 @@
 
 The page is built from the sidecar dict (:func:`openmav.maps.sidecar.sidecar_dict`):
 a slider (and the arrow keys) moves through generated tokens; the grid of layers by
-key positions scrolls both ways with the row names and positions kept in view;
-hovering a cell shows the attention value and the logit-lens top-5 with
-probabilities.  Token text is inserted with ``textContent``, never as markup.
+key positions scrolls both ways with the row names and positions kept in view, and
+keeps the query's column (outlined) in view: the page opens scrolled to the end of the
+prompt, where the first token is generated, not at position 0; hovering a cell shows
+the attention value and the logit-lens top-5 with probabilities.  Token text is
+inserted with ``textContent``, never as markup.
 
 Everything from the run (prompt, token text, model name) is escaped where it is written:
 the title, heading and prompt with :func:`html.escape` (quotes included), the data in the
@@ -45,6 +47,7 @@ _JS = r"""
 const D = JSON.parse(document.getElementById('maps-data').textContent);
 const slider = document.getElementById('slider'), grid = document.getElementById('grid');
 const info = document.getElementById('info'), tip = document.getElementById('tip');
+const wrap = document.getElementById('wrap');
 slider.max = D.steps.length - 1;
 const short = (s, n) => s.length > n ? s.slice(0, n - 1) + '\u2026' : s;
 const word = id => (D.vocab[id] || '?');
@@ -77,6 +80,14 @@ function show(i) {
     }
     grid.appendChild(tr);
   }
+  reveal(S);
+}
+// keep the query's column in view, right of the sticky row names, with some room after it
+function reveal(S) {
+  const th = grid.rows[0].cells[S], names = grid.rows[0].cells[0].offsetWidth;
+  const left = th.offsetLeft, right = left + th.offsetWidth;
+  if (right > wrap.scrollLeft + wrap.clientWidth || left < wrap.scrollLeft + names)
+    wrap.scrollLeft = Math.max(0, right - wrap.clientWidth + Math.min(wrap.clientWidth / 4, 160));
 }
 grid.addEventListener('mousemove', e => {
   const td = e.target.closest('td'); if (!td) { tip.style.display = 'none'; return; }

@@ -8,6 +8,13 @@ matplotlib, into an alpha mask: :func:`draw_column_text`.  The y-axis labels and
 colour bar are drawn once per run (:func:`draw_left_panel`, :func:`draw_colorbar`),
 titles once per generated token (:class:`TitleDrawer`).  :mod:`openmav.maps.compose`
 puts these pieces together with the colours of each token's attention.
+
+Every script is drawn, never as a box: text is set in :data:`PREFERRED_FONTS` that are
+installed (DejaVu Sans, which ships with matplotlib, then Noto, the Noto CJK fonts, WenQuanYi,
+Droid Sans Fallback, Unifont), matplotlib taking each glyph from the first font that has it.
+A character none of them has, and a control or format character, is written as its escaped
+code point instead (``猫`` is ``\\u732b`` without a CJK font; see :func:`drawable`).  Text is
+never read as mathtext (a ``$`` is a dollar sign).
 """
 
 from __future__ import annotations
@@ -23,7 +30,6 @@ DPI = 100
 # fonts tried in order for each glyph (matplotlib's per-glyph fallback); missing ones are skipped
 PREFERRED_FONTS = ("DejaVu Sans", "Noto Sans", "Noto Sans CJK JP", "Noto Sans CJK SC", "WenQuanYi Zen Hei",
                    "Droid Sans Fallback", "Unifont")
-MISSING_GLYPH = "□"
 
 
 @dataclass(frozen=True)
@@ -83,19 +89,45 @@ def _covered() -> frozenset[int]:
     return frozenset(codes)
 
 
+def escaped(ch: str) -> str:
+    """A character as Python writes it in ``ascii()``: ``\\x0c``, ``\\u732b``, ``\\U0001f600``."""
+    return ascii(ch)[1:-1]
+
+
+def _units(text: str) -> list[str]:
+    """Per character of ``text``: itself when a font draws it (spaces and line breaks kept), else escaped."""
+    covered = _covered()
+    return [ch if ch in " \n" or (ord(ch) in covered and unicodedata.category(ch) not in ("Cc", "Cf"))
+            else escaped(ch) for ch in text]
+
+
 def drawable(text: str) -> str:
-    """``text`` with control characters and characters no available font has replaced by ``□``.
+    """``text`` with each control or format character, and each character no available font has,
+    written as its escaped code point (:func:`escaped`), so nothing is drawn as a box.
 
     Spaces and line breaks (a two-line title) are kept.
     """
-    covered = _covered()
-    return "".join(ch if ch in " \n" or (ord(ch) in covered and unicodedata.category(ch) not in ("Cc", "Cf"))
-                   else MISSING_GLYPH for ch in text)
+    return "".join(_units(text))
 
 
 def shorten(text: str, limit: int) -> str:
     """At most ``limit`` characters; longer text keeps its start and ends with ``…``."""
     return text if len(text) <= limit else text[: max(1, limit - 1)] + "…"
+
+
+def label(text: str, limit: int) -> str:
+    """:func:`drawable` ``text`` in at most ``limit`` characters, cut between characters (never inside an
+    escape unless the first one alone is too long), ``…`` marking a cut."""
+    units = _units(text)
+    if sum(len(u) for u in units) <= limit:
+        return "".join(units)
+    out, used = [], 0
+    for unit in units:
+        if used + len(unit) > limit - 1:
+            break
+        out.append(unit)
+        used += len(unit)
+    return "".join(out) + "…" if out else shorten(units[0], limit)
 
 
 def _figure(width_px: int, height_px: int):
@@ -118,19 +150,20 @@ class ColumnTextDrawer:
         self.layout = lay = layout
         self.fig = _figure(lay.cell_w, lay.grid_h + lay.bottom)
         h = lay.grid_h + lay.bottom
-        kw = dict(ha="center", va="center", fontsize=FONT_SIZE, family=list(font_families()), color="black")
+        kw = dict(ha="center", va="center", fontsize=FONT_SIZE, family=list(font_families()), color="black",
+                  parse_math=False)
         self.cells = [self.fig.text(0.5, 1 - (r + 0.5) * lay.cell_h / h, "", **kw) for r in range(lay.n_rows)]
         self.token = self.fig.text(0.5, (lay.bottom - 16) / h, "", rotation=90, ha="center", va="top",
-                                   fontsize=FONT_SIZE, family=list(font_families()))
+                                   fontsize=FONT_SIZE, family=list(font_families()), parse_math=False)
         self.position = self.fig.text(0.5, 1 - (lay.grid_h + 7) / h, "", ha="center", va="center",
                                       fontsize=FONT_SIZE - 0.5, color="#444444")
 
     def draw(self, labels: list[str], token: str, position: int) -> np.ndarray:
         """Alpha mask ``[grid_h + bottom, cell_w]`` (uint8) of this column's text."""
         lay = self.layout
-        for artist, label in zip(self.cells, labels):
-            artist.set_text(drawable(shorten(label, lay.label_chars)))
-        self.token.set_text(drawable(shorten(token, lay.axis_chars)))
+        for artist, text in zip(self.cells, labels):
+            artist.set_text(label(text, lay.label_chars))
+        self.token.set_text(label(token, lay.axis_chars))
         self.position.set_text(str(position))
         return _pixels(self.fig)[..., 3]
 
@@ -187,7 +220,7 @@ class TitleDrawer:
             fig.patch.set_alpha(1.0)
             fig.patch.set_facecolor("white")
             artist = fig.text(6 / width, 0.5, "", ha="left", va="center", fontsize=FONT_SIZE + 0.5,
-                              family=list(font_families()), linespacing=1.3)
+                              family=list(font_families()), linespacing=1.3, parse_math=False)
             self.figs[width] = (fig, artist)
         fig, artist = self.figs[width]
         artist.set_text(drawable(text))
