@@ -1,4 +1,4 @@
-"""Batched all-heads evaluation equals one forward per head."""
+"""Batched all-heads evaluation equals one forward per head (KL, Δp of the top token, Δ logit difference)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from openmav.errors import InputError
 from openmav.interventions.ablation import HeadAblation, ablated_logits
 from openmav.interventions.evaluate import AblationSpec, Cancelled, evaluate_all_heads, run_head_sets
 
@@ -79,3 +80,37 @@ def test_cancel_and_dict(tiny):
     assert calls == [(3, 8)]
     d = evaluate_all_heads(lm, ids, batch_size=8).to_dict()
     assert (d["n_layers"], d["n_heads"]) == (2, 4) and len(d["kl"]) == 2 and len(d["kl"][0]) == 4
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_logit_difference_equals_one_at_a_time(tiny, family):
+    lm = tiny(family)
+    ids = lm.tokenizer(PROMPT, return_tensors="pt").input_ids
+    base = ablated_logits(lm, ids, [])
+    a, b = 17, 250
+    want = np.zeros((lm.parts.n_layers, lm.parts.n_heads))
+    for layer, head in lm.parts.heads():
+        logits = ablated_logits(lm, ids, [HeadAblation(layer, head)])
+        want[layer, head] = float(logits[a] - logits[b]) - float(base[a] - base[b])
+    eff = evaluate_all_heads(lm, ids, batch_size=3, tokens=(a, b))
+    np.testing.assert_allclose(eff.delta_logit_diff, want, atol=1e-5)
+    assert np.abs(want).max() > 1e-3 and eff.logit_diff_tokens == (a, b)
+    assert eff.baseline_logit_diff == pytest.approx(float(base[a] - base[b]), abs=1e-6)
+    ranked = eff.ranked("delta_logit_diff")
+    np.testing.assert_allclose([abs(v) for _, _, v in ranked], sorted(np.abs(want).ravel(), reverse=True), atol=1e-5)
+    d = eff.to_dict()
+    assert d["logit_diff_tokens"] == [a, b] and np.allclose(d["delta_logit_diff"], eff.delta_logit_diff)
+    # by default: the baseline's two most likely tokens
+    top2 = base.topk(2).indices.tolist()
+    assert evaluate_all_heads(lm, ids, batch_size=8).logit_diff_tokens == tuple(top2)
+
+
+def test_logit_difference_tokens_are_checked(tiny):
+    lm = tiny("llama")
+    ids = lm.tokenizer(PROMPT, return_tensors="pt").input_ids
+    with pytest.raises(InputError, match="valid ids are 0..399"):
+        evaluate_all_heads(lm, ids, tokens=(3, 400))
+    with pytest.raises(InputError, match="two different tokens"):
+        evaluate_all_heads(lm, ids, tokens=(3, 3))
+    with pytest.raises(InputError, match="unknown metric"):
+        evaluate_all_heads(lm, ids, batch_size=8).ranked("entropy")

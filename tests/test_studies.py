@@ -9,7 +9,7 @@ import torch
 
 from openmav.errors import InputError
 from openmav.interventions.ablation import HeadAblation, ablated_logits
-from openmav.interventions.studies import generic_study, target_margin, targeted_study
+from openmav.interventions.studies import generic_study, logit_diff_study, target_margin, targeted_study
 from openmav.metrics import kl_divergence
 from openmav.testing import tiny_model
 
@@ -92,3 +92,43 @@ def test_cancel_returns_a_flagged_result(tiny):
     stop = threading.Event()
     res = generic_study(lm, ids, batch_size=2, progress=lambda e: stop.set(), cancel=stop)
     assert res.cancelled and res.heads == [] and res.forwards == 1
+
+
+def test_logit_difference_study_greedy_choices_are_the_best(tiny):
+    lm = tiny("llama")
+    ids = lm.tokenizer(PROMPT, return_tensors="pt").input_ids
+    a, b = 17, 250
+    heads = [(layer, head) for layer in range(2) for head in range(4)]
+
+    def ld(hs):
+        logits = logits_with(lm, ids, hs)
+        return float(logits[a] - logits[b])
+
+    events = []
+    res = logit_diff_study(lm, ids, a, b, max_heads=3, candidates=5, batch_size=3, progress=events.append)
+    singles = sorted(heads, key=lambda h: ld([h]))  # the lowest difference first
+    assert res.heads[0] == singles[0]
+    second = min((h for h in singles[:5] if h != res.heads[0]), key=lambda h: ld([res.heads[0], h]))
+    assert len(res.heads) < 2 or res.heads[1] == second
+    assert res.metric_name == "logit_diff" and res.tokens == (a, b) and res.success is None
+    assert res.metric_before == pytest.approx(ld([]), abs=1e-5)
+    assert res.metric_after == pytest.approx(ld(res.heads), abs=1e-4)
+    greedy = [e["metric"] for e in events if e["phase"] == "greedy"]
+    assert greedy == sorted(greedy, reverse=True) and greedy[-1] == pytest.approx(res.metric_after, abs=1e-4)
+    assert events[-1]["phase"] == "done" and events[-1]["metric"] == pytest.approx(res.metric_after)
+    d = res.to_dict()
+    assert d["tokens"] == [a, b] and d["metric_after"] == res.metric_after
+    with pytest.raises(InputError, match="same token"):
+        logit_diff_study(lm, ids, a, a)
+    with pytest.raises(InputError, match="valid ids are 0..399"):
+        logit_diff_study(lm, ids, a, 999)
+
+
+def test_every_study_reports_its_score_before_and_after(loud):
+    ids = loud.tokenizer(PROMPT, return_tensors="pt").input_ids
+    target = int(logits_with(loud, ids, LOUD).argmax())
+    res = targeted_study(loud, ids, target, max_heads=6, candidates=12, batch_size=5)
+    assert res.metric_name == "target_margin" and res.metric_before < 0 < res.metric_after
+    assert res.metric_after == pytest.approx(float(target_margin(logits_with(loud, ids, res.heads), target)), abs=1e-4)
+    gen = generic_study(loud, ids, max_heads=2, candidates=4, batch_size=5)
+    assert gen.metric_name == "kl" and gen.metric_before == 0 and gen.metric_after == gen.kl

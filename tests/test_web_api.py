@@ -1,5 +1,6 @@
-"""The explorer's JSON API on a tiny random model: numbers against independent recomputations,
-bad input answered 422 with the valid range, jobs bounded, progress streamed, a loopback load test."""
+"""The explorer's JSON API on a tiny random model: numbers against independent recomputations (attention, the
+model view, the logit lens, direct logit attribution, ablation, evaluations, studies, circuits), bad input
+answered 422 with the valid range, jobs bounded, progress streamed, a loopback load test."""
 
 from __future__ import annotations
 
@@ -137,14 +138,14 @@ def test_openapi_schema_lists_the_api(client):
     paths = client.get("/openapi.json").json()["paths"]
     for path in ("/api/model", "/api/attention", "/api/predict", "/api/head_scores", "/api/evaluations",
                  "/api/studies", "/api/circuit", "/api/jobs/{job_id}", "/api/jobs/{job_id}/cancel",
-                 "/api/jobs/{job_id}/events"):
+                 "/api/jobs/{job_id}/events", "/api/model_view", "/api/logit_lens", "/api/attribution"):
         assert path in paths
 
 
 def test_page_and_assets_are_local(client):
     page = client.get("/").text
     assert "http://" not in page and "https://" not in page  # no CDN
-    for asset in ("style.css", "heatmap.js", "app.js", "panels.js", "circuit.js"):
+    for asset in ("style.css", "export.js", "heatmap.js", "app.js", "panels.js", "circuit.js", "views.js"):
         assert f"/static/{asset}" in page
         r = client.get(f"/static/{asset}")
         assert r.status_code == 200 and "cdn" not in r.text.lower()
@@ -349,3 +350,154 @@ def test_evaluation_and_study_take_every_ablation_kind(client, lm):
     assert wait_job(client, r.json()["job_id"])["status"] == "done"
     bad = client.post("/api/studies", json={"prompt": IOI, "kind": "sparsify", "threshold": -1})
     assert bad.status_code == 422
+
+
+# ---- model view, logit lens, direct logit attribution ------------------------------------------------------------
+def test_model_view_is_every_heads_attention_pooled_by_max(client, lm):
+    ids, ref = reference_attention(lm, IOI)
+    n = ids.shape[1]
+    full = client.post("/api/model_view", json={"prompt": IOI, "size": 64}).json()
+    assert (full["n_layers"], full["n_heads"], full["size"], full["pooled"]) == (2, 4, n, False)
+    for layer in range(2):
+        for head in range(4):
+            np.testing.assert_allclose(np.array(full["heads"][layer][head]), ref[layer][head], atol=6e-5)
+    small = client.post("/api/model_view", json={"prompt": IOI, "size": 5}).json()
+    assert small["size"] == 5 and small["pooled"] and [t["id"] for t in small["tokens"]] == ids[0].tolist()
+    edges = np.linspace(0, n, 6).round().astype(int)
+    for layer, head in [(0, 0), (1, 3)]:
+        want = [[ref[layer][head][edges[i]:edges[i + 1], edges[j]:edges[j + 1]].max() for j in range(5)]
+                for i in range(5)]
+        np.testing.assert_allclose(np.array(small["heads"][layer][head]), want, atol=6e-5)
+    for body in ({"prompt": IOI, "size": 3}, {"prompt": IOI, "size": 65}, {"prompt": ""}):
+        assert client.post("/api/model_view", json=body).status_code == 422
+
+
+def block_outputs(lm, ids):
+    """The residual stream after each block [L, P, d], read by forward hooks on the blocks."""
+    seen = {}
+    hooks = [b.register_forward_hook(lambda m, a, out, i=i: seen.__setitem__(i, out[0] if isinstance(out, tuple)
+                                                                              else out))
+             for i, b in enumerate(lm.parts.blocks)]
+    try:
+        with torch.no_grad():
+            logits = lm.model(input_ids=ids).logits[0]
+    finally:
+        for h in hooks:
+            h.remove()
+    return torch.stack([seen[i][0] for i in range(len(seen))]), logits
+
+
+def test_logit_lens_matches_the_final_norm_and_unembedding_by_hand(client, lm):
+    ids = lm.tokenizer(IOI, return_tensors="pt").input_ids
+    resid, logits = block_outputs(lm, ids)
+    r = client.post("/api/logit_lens", json={"prompt": IOI, "position": 5, "token_id": 7, "top_k": 4})
+    assert r.status_code == 200, r.text
+    data = r.json()
+    assert data["position"] == 5 and data["token"]["id"] == ids[0, 5].item() and len(data["layers"]) == 2
+    norm, head = lm.model.model.norm, lm.model.lm_head
+    for row in data["layers"]:
+        with torch.no_grad():
+            probs = torch.softmax(head(norm(resid[row["layer"], 5])).double(), -1)
+        top = torch.topk(probs, 4)
+        assert [t["id"] for t in row["top"]] == top.indices.tolist()
+        np.testing.assert_allclose([t["prob"] for t in row["top"]], top.values.numpy(), atol=1e-6)
+        assert row["target"]["prob"] == pytest.approx(float(probs[7]), abs=1e-7)
+        assert row["target"]["rank"] == int((probs > probs[7]).sum()) + 1
+    last = torch.softmax(logits[5].double(), -1)  # the last layer's lens is the model's own prediction
+    assert data["layers"][-1]["top"][0]["id"] == int(last.argmax())
+    assert data["layers"][-1]["top"][0]["prob"] == pytest.approx(float(last.max()), abs=1e-6)
+    default = client.post("/api/logit_lens", json={"prompt": IOI}).json()
+    assert default["position"] == ids.shape[1] - 1 and default["layers"][0]["target"] is None
+    for body, needle in (({"prompt": IOI, "position": 99}, "positions 0-20"),
+                         ({"prompt": IOI, "token_id": 400}, "valid token ids are 0-399"),
+                         ({"prompt": IOI, "top_k": 0}, "top_k")):
+        bad = client.post("/api/logit_lens", json=body)
+        assert bad.status_code == 422 and needle in bad.json()["detail"], bad.text
+
+
+def test_attribution_endpoint_sums_to_the_logit_and_equals_the_library(client, lm):
+    from openmav.interventions.attribution import direct_logit_attribution
+
+    ids = lm.tokenizer(IOI, return_tensors="pt").input_ids
+    top = client.post("/api/predict", json={"prompt": IOI, "top_k": 1}).json()["before"][0]
+    data = client.post("/api/attribution", json={"prompt": IOI}).json()
+    assert data["target"]["id"] == top["id"] and data["target"]["prob"] == pytest.approx(top["prob"], abs=1e-9)
+    assert data["position"] == ids.shape[1] - 1 and data["token"]["label"] == "␣to_2"
+    heads = np.array(data["heads"])
+    assert abs(heads.sum() + sum(c["value"] for c in data["components"]) - data["logit"]) < 1e-4
+    assert data["error"] < 1e-4 and data["softcap"] is None
+    ref = direct_logit_attribution(lm, ids, 9, 4)
+    chosen = client.post("/api/attribution", json={"prompt": IOI, "position": 4, "token_id": 9}).json()
+    np.testing.assert_allclose(np.array(chosen["heads"]), ref.heads, atol=1e-9)
+    assert chosen["logit"] == pytest.approx(ref.logit) and chosen["target"]["label"]
+    for body, needle in (({"prompt": IOI, "position": 21}, "positions 0-20"),
+                         ({"prompt": IOI, "token_id": 400}, "valid token ids are 0-399")):
+        bad = client.post("/api/attribution", json=body)
+        assert bad.status_code == 422 and needle in bad.json()["detail"], bad.text
+
+
+def test_hybrid_model_views_leave_layers_without_attention_null(tiny):
+    lm = tiny("jamba")
+    mixer = next(i for i in range(lm.parts.n_layers) if i not in lm.parts.attention_layers)
+    attn = lm.parts.attention_layers[0]
+    client = TestClient(create_app(lm))
+    assert client.get("/api/model").json()["attention_layers"] == list(lm.parts.attention_layers)
+    view = client.post("/api/model_view", json={"prompt": "hello world"}).json()
+    assert all(h is None for h in view["heads"][mixer]) and all(h is not None for h in view["heads"][attn])
+    dla = client.post("/api/attribution", json={"prompt": "hello world"}).json()
+    assert all(v is None for v in dla["heads"][mixer]) and all(v is not None for v in dla["heads"][attn])
+    assert any(c["kind"] == "mixer" for c in dla["components"])
+    bad = client.post("/api/attention", json={"prompt": "hello world", "heads": [{"layer": mixer, "head": 0}]})
+    assert bad.status_code == 422 and "no attention heads" in bad.json()["detail"]
+    lens = client.post("/api/logit_lens", json={"prompt": "hello world"}).json()
+    assert len(lens["layers"]) == lm.parts.n_layers
+
+
+# ---- the logit difference in evaluations, studies and circuits ---------------------------------------------------
+def test_evaluation_and_study_take_the_logit_difference(client, lm):
+    from openmav.interventions.evaluate import evaluate_all_heads
+    from openmav.interventions.studies import logit_diff_study
+
+    ids = lm.tokenizer(IOI, return_tensors="pt").input_ids
+    r = client.post("/api/evaluations", json={"prompt": IOI, "token_a": 17, "token_b": 250})
+    res = wait_job(client, r.json()["job_id"])["result"]
+    ref = evaluate_all_heads(lm, ids, tokens=(17, 250))
+    np.testing.assert_allclose(np.array(res["delta_logit_diff"]), ref.delta_logit_diff, atol=1e-5)
+    assert res["logit_diff_tokens"] == [17, 250] and len(res["logit_diff_labels"]) == 2
+    default = wait_job(client, client.post("/api/evaluations", json={"prompt": IOI}).json()["job_id"])["result"]
+    top2 = client.post("/api/predict", json={"prompt": IOI, "top_k": 2}).json()["before"]
+    assert default["logit_diff_tokens"] == [t["id"] for t in top2]
+    bad = client.post("/api/evaluations", json={"prompt": IOI, "token_a": 17})
+    assert bad.status_code == 422 and "both token_a and token_b" in bad.json()["detail"]
+    r = client.post("/api/studies", json={"prompt": IOI, "mode": "logit_diff", "token_a": 17, "token_b": 250,
+                                          "max_heads": 2, "candidates": 4})
+    state = wait_job(client, r.json()["job_id"])
+    assert state["status"] == "done", state["error"]
+    study = logit_diff_study(lm, ids, 17, 250, max_heads=2, candidates=4)
+    assert state["result"]["heads"] == [list(h) for h in study.heads]
+    assert state["result"]["metric_after"] == pytest.approx(study.metric_after, abs=1e-5)
+    assert state["result"]["token_labels"] and state["result"]["metric_name"] == "logit_diff"
+    bad = client.post("/api/studies", json={"prompt": IOI, "mode": "logit_diff"})
+    assert bad.status_code == 422 and "token_a and token_b" in bad.json()["detail"]
+
+
+def test_circuit_tokens_come_from_the_prompt_pair_and_verify_k_is_kept(client, lm):
+    mary, john = (lm.tokenizer(" " + n, add_special_tokens=False).input_ids[0] for n in ("Mary", "John"))
+    r = client.post("/api/circuit", json={"prompt": IOI, "top_n": 2, "verify_k": 3})
+    assert r.status_code == 200, r.text
+    state = wait_job(client, r.json()["job_id"])
+    assert state["status"] == "done", state["error"]
+    res = state["result"]
+    assert (res["token_a"], res["token_b"]) == (mary, john) and "position 2" in res["tokens_from"]
+    assert state["params"]["token_a"] == mary and res["metric_label"] == "logit(␣Mary) − logit(␣John)"
+    assert res["n_verified"] == 3 and sum(v is not None for row in res["verified"] for v in row) == 3
+    effects = [abs(n["effect"]) for n in res["nodes"]]
+    assert len(effects) == 2 and effects == sorted(effects, reverse=True) and "negative means" in res["sign"]
+    chosen = wait_job(client, client.post("/api/circuit", json={"prompt": IOI, "top_n": 2, "token_a": john,
+                                                                "token_b": mary}).json()["job_id"])["result"]
+    assert chosen["tokens_from"] == "chosen" and chosen["clean_metric"] == pytest.approx(-res["clean_metric"])
+    for body, needle in (({"prompt": IOI, "top_n": 4, "verify_k": 3}, "verify_k must be in 4-8"),
+                         ({"prompt": IOI, "token_a": mary}, "both token_a and token_b, or neither"),
+                         ({"prompt": IOI, "top_n": 9}, "top_n 9 is more than the model's 8 heads")):
+        bad = client.post("/api/circuit", json=body)
+        assert bad.status_code == 422 and needle in bad.json()["detail"], bad.text

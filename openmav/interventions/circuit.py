@@ -1,4 +1,4 @@
-"""Circuit discovery: attribution patching, verified by real patching, with measured path effects.
+"""Circuit discovery: attribution patching for every head, verified by real patching, with path effects.
 
 For a metric ``m(logits)`` (e.g. the logit difference between two names) and a
 clean / corrupted prompt pair of equal length:
@@ -9,11 +9,19 @@ clean / corrupted prompt pair of equal length:
   head dimensions.  Cost: one clean forward and backward plus one corrupted forward.
 - :func:`verify_by_ablation` measures that effect for real: the clean run with the
   head's ``z`` replaced by its corrupted value, ``m(patched) - m(clean)``.
-- :func:`discover_circuit` keeps the ``top_n`` heads by ``|estimate|``, verifies
-  them, and weights an edge sender -> receiver (sender in an earlier layer) by the
-  measured *path* effect: patch the sender, record the receiver's resulting ``z``,
-  then run clean with only the receiver's ``z`` replaced by that value; the metric
-  change is the sender's effect through that receiver alone.
+- :func:`discover_circuit` estimates every head, verifies the ``verify_k`` heads of
+  largest ``|estimate|`` (all heads by default), then keeps the ``top_n`` heads of
+  largest ``|verified effect|``: a head the first-order estimate misses (an effect far
+  from linear) is still drawn once it is verified.  An edge sender -> receiver (sender
+  in an earlier layer) is weighted by the measured *path* effect: patch the sender,
+  record the receiver's resulting ``z``, then run clean with only the receiver's ``z``
+  replaced by that value; the metric change is the sender's effect through that
+  receiver alone.
+
+The sign (:data:`SIGN`): an effect is ``m(patched) - m(clean)``, so a negative effect
+means the head's clean output raises the metric (taking it from the corrupted prompt
+lowers it), and a positive effect means the head's clean output works against it.
+:func:`pair_tokens` picks the metric's two tokens from the prompt pair itself.
 """
 
 from __future__ import annotations
@@ -109,6 +117,22 @@ def _pair(lm, clean_ids, corrupt_ids) -> tuple[torch.Tensor, torch.Tensor]:
     return clean, corrupt
 
 
+def pair_tokens(lm, clean_ids, corrupt_ids) -> tuple[int, int, int]:
+    """The metric's tokens chosen from the prompt pair: ``(token_a, token_b, position)``.
+
+    At the first position where the two prompts differ, ``token_a`` is the clean
+    prompt's token and ``token_b`` the corrupted prompt's (for the IOI prompt with its
+    names swapped: the indirect object `` Mary`` and the subject `` John``).  An
+    :class:`InputError` when the prompts are equal or differ in length.
+    """
+    clean, corrupt = _pair(lm, clean_ids, corrupt_ids)
+    differ = (clean[0] != corrupt[0]).nonzero().flatten().tolist()
+    if not differ:
+        raise InputError("the corrupted prompt equals the prompt: there is no token that differs to compare")
+    at = differ[0]
+    return int(clean[0, at]), int(corrupt[0, at]), at
+
+
 def attribution_patching(lm, clean_ids, corrupt_ids, metric: Metric) -> np.ndarray:
     """First-order estimate ``[L, H]`` of each head's patching effect on ``metric`` (see module doc)."""
     clean, corrupt = _pair(lm, clean_ids, corrupt_ids)
@@ -165,11 +189,15 @@ def correlation(x, y) -> float | None:
     return float(np.corrcoef(x, y)[0, 1])
 
 
+SIGN = ("effect = metric with the head's output taken from the corrupted run minus the clean metric: "
+        "negative means the head's clean output raises the metric, positive means it works against it")
+
+
 @dataclass
 class Circuit:
-    """Heads by layer with estimated and verified effects, and edges weighted by measured path effects."""
+    """Heads ranked by verified effect (with their estimates), and edges weighted by measured path effects."""
 
-    nodes: list[dict]  # {"layer", "head", "attribution", "effect"}
+    nodes: list[dict]  # {"layer", "head", "attribution", "effect", "attribution_rank"}, largest |effect| first
     edges: list[dict]  # {"source": [l, h], "target": [l, h], "effect"}
     metric: str
     clean_metric: float
@@ -177,8 +205,10 @@ class Circuit:
     correlation: float | None  # Pearson(attribution, verified effect) over the verified heads
     n_verified: int
     attribution: np.ndarray = field(repr=False)  # [L, H] estimates for all heads
-    verified: np.ndarray | None = field(default=None, repr=False)  # [L, H] real effects when all were verified
+    verified: np.ndarray | None = field(default=None, repr=False)  # [L, H] real effects; NaN where not verified
     cancelled: bool = False
+    verify_k: int = 0  # heads verified: the verify_k largest |estimates|
+    sign: str = SIGN
 
     def to_dict(self) -> dict:
         return {
@@ -186,23 +216,32 @@ class Circuit:
             "corrupt_metric": self.corrupt_metric, "correlation": self.correlation, "n_verified": self.n_verified,
             "attribution": _json_grid(self.attribution),  # null where a layer has no attention
             "verified": None if self.verified is None else _json_grid(self.verified), "cancelled": self.cancelled,
+            "verify_k": self.verify_k, "sign": self.sign,
         }
 
 
 def discover_circuit(lm, clean_ids, corrupt_ids, metric: Metric, top_n: int = 8, progress=None, cancel=None,
-                     verify_all: bool = True, batch_size: int = 32) -> Circuit:
-    """Attribution for every head, real patching to verify, measured path effects between the top heads.
+                     verify_k: int | None = None, batch_size: int = 32) -> Circuit:
+    """Estimate every head, verify the ``verify_k`` largest estimates, draw the ``top_n`` largest verified effects.
 
-    ``verify_all`` verifies every head (batched), so the correlation is over all
-    heads; otherwise only the ``top_n`` nodes.  ``progress(event)`` gets
-    ``{"phase": "attribution" | "verify" | "paths" | "done", "step", "total"}``;
-    ``cancel`` (a ``threading.Event``) is checked between forwards.
+    ``verify_k`` (default: every head, batched) heads are verified by real patching,
+    chosen by ``|attribution|``; the correlation is over them.  The nodes are the
+    ``top_n`` verified heads of largest ``|effect|``, in that order, each with its
+    estimate and the rank of its ``|estimate|`` among all heads (1 = largest), and
+    the edges are path effects between them.  ``progress(event)`` gets ``{"phase":
+    "attribution" | "verify" | "paths" | "done", "step", "total"}``; ``cancel`` (a
+    ``threading.Event``) is checked between forwards.
     """
     parts = lm.parts
     if not parts.has_attention:
         raise InputError("this model has no attention layers, so it has no heads to put in a circuit")
-    if not isinstance(top_n, int) or not 1 <= top_n <= len(parts.heads()):
-        raise InputError(f"top_n must be an integer in 1..{len(parts.heads())}, got {top_n!r}")
+    every = parts.heads()
+    if not isinstance(top_n, int) or isinstance(top_n, bool) or not 1 <= top_n <= len(every):
+        raise InputError(f"top_n must be an integer in 1..{len(every)}, got {top_n!r}")
+    verify_k = len(every) if verify_k is None else verify_k
+    if not isinstance(verify_k, int) or isinstance(verify_k, bool) or not top_n <= verify_k <= len(every):
+        raise InputError(f"verify_k must be an integer in {top_n}..{len(every)} (at least top_n: the circuit is "
+                         f"drawn from verified heads), got {verify_k!r}")
     clean, corrupt = _pair(lm, clean_ids, corrupt_ids)
 
     def emit(phase, step=0, total=0):
@@ -218,12 +257,12 @@ def discover_circuit(lm, clean_ids, corrupt_ids, metric: Metric, top_n: int = 8,
     clean_m = float(metric_rows(metric, patched_forward(lm, clean, [[]])[0])[0])
     corrupt_m = float(metric_rows(metric, patched_forward(lm, corrupt, [[]])[0])[0])
     emit("attribution", 1, 1)
-    order = np.argsort(-np.abs(attribution), axis=None, kind="stable")[:top_n]
-    top = [(int(i // parts.n_heads), int(i % parts.n_heads)) for i in order]
-    every = parts.heads()
-    to_verify = every if verify_all else top
+    by_estimate = sorted(every, key=lambda h: -abs(float(attribution[h])))  # stable: ties keep layer order
+    estimate_rank = {h: i + 1 for i, h in enumerate(by_estimate)}
+    to_verify = by_estimate[:verify_k]
     circuit = Circuit(nodes=[], edges=[], metric=getattr(metric, "name", "metric"), clean_metric=clean_m,
-                      corrupt_metric=corrupt_m, correlation=None, n_verified=0, attribution=attribution)
+                      corrupt_metric=corrupt_m, correlation=None, n_verified=0, attribution=attribution,
+                      verify_k=verify_k)
     try:
         if stopped():
             raise Cancelled("cancelled")
@@ -235,16 +274,16 @@ def discover_circuit(lm, clean_ids, corrupt_ids, metric: Metric, top_n: int = 8,
     effect_of = dict(zip(to_verify, effects.tolist()))
     circuit.n_verified = len(to_verify)
     circuit.correlation = correlation([attribution[h] for h in to_verify], effects)
-    if verify_all:
-        circuit.verified = _grid(parts, every, effects)  # NaN where a layer has no attention
-    circuit.nodes = [{"layer": l, "head": h, "attribution": float(attribution[l, h]), "effect": effect_of[(l, h)]}
-                     for l, h in sorted(top)]
+    circuit.verified = _grid(parts, to_verify, effects)  # NaN where not verified or a layer has no attention
+    top = sorted(to_verify, key=lambda h: -abs(effect_of[h]))[:top_n]
+    circuit.nodes = [{"layer": l, "head": h, "attribution": float(attribution[l, h]), "effect": effect_of[(l, h)],
+                      "attribution_rank": estimate_rank[(l, h)]} for l, h in top]
     if stopped():
         circuit.cancelled = True
         return circuit
     emit("paths", 0, 1)
     circuit.edges = [{"source": list(s), "target": list(r), "effect": v}
-                     for s, r, v in path_effects(lm, clean, corrupt, metric, top)]
+                     for s, r, v in path_effects(lm, clean, corrupt, metric, sorted(top))]
     emit("paths", 1, 1)
     emit("done", 1, 1)
     return circuit

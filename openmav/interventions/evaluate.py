@@ -8,8 +8,9 @@ batch size 1 and the hidden state is expanded to the batch at that block
 (``share_prefix``; the results are the same, checked in the tests).
 
 :func:`evaluate_all_heads` ablates every single head this way and reports, per head,
-``KL(baseline || ablated)`` of the next-token distribution (nats) and the change of
-the baseline top token's probability.
+``KL(baseline || ablated)`` of the next-token distribution (nats), the change of
+the baseline top token's probability, and the change of the logit difference
+``logit[a] - logit[b]`` of two tokens (by default the baseline's two most likely).
 """
 
 from __future__ import annotations
@@ -135,9 +136,12 @@ def run_head_sets(lm, input_ids, head_sets: Sequence[Sequence[Head]], spec: Abla
     return torch.cat(out)
 
 
+METRICS = ("kl", "delta_top_prob", "delta_logit_diff")
+
+
 @dataclass
 class HeadEffects:
-    """Per-head effects of single-head ablations (``[L, H]`` arrays)."""
+    """Per-head effects of single-head ablations (``[L, H]`` arrays; NaN where a layer has no attention)."""
 
     kl: np.ndarray  # KL(baseline || ablated) in nats
     delta_top_prob: np.ndarray  # p_ablated(top) - p_baseline(top), top = the baseline's top token
@@ -145,13 +149,29 @@ class HeadEffects:
     kind: str = "zero"
     top_id: int = field(default=-1)
     ablated_top_ids: np.ndarray | None = None  # [L, H] the top token after each ablation
+    delta_logit_diff: np.ndarray | None = None  # ld_ablated - ld_baseline, ld = logit[a] - logit[b]
+    logit_diff_tokens: tuple[int, int] | None = None  # (a, b)
+
+    @property
+    def baseline_logit_diff(self) -> float | None:
+        """``logit[a] - logit[b]`` of the clean run, for :attr:`logit_diff_tokens` ``(a, b)``."""
+        if self.logit_diff_tokens is None:
+            return None
+        a, b = self.logit_diff_tokens
+        return float(self.baseline_logits[a] - self.baseline_logits[b])
 
     def ranked(self, by: str = "kl") -> list[tuple[int, int, float]]:
-        """``(layer, head, value)`` sorted by ``by`` (``kl`` or ``delta_top_prob``, by size), largest first."""
+        """``(layer, head, value)`` sorted by ``|by|`` (one of :data:`METRICS`), largest first;
+        heads of layers without attention are left out."""
+        if by not in METRICS:
+            raise InputError(f"unknown metric {by!r}: use one of {', '.join(METRICS)}")
         values = getattr(self, by)
-        order = np.argsort(-np.abs(values), axis=None, kind="stable")
+        if values is None:
+            raise InputError(f"this evaluation has no {by!r} values")
+        order = np.argsort(-np.abs(np.nan_to_num(values, nan=-np.inf)), axis=None, kind="stable")
         n_heads = values.shape[1]
-        return [(int(i // n_heads), int(i % n_heads), float(values.flat[i])) for i in order]
+        return [(int(i // n_heads), int(i % n_heads), float(values.flat[i])) for i in order
+                if np.isfinite(values.flat[i])]
 
     def to_dict(self) -> dict:
         probs = torch.softmax(self.baseline_logits.double(), -1)
@@ -164,6 +184,9 @@ class HeadEffects:
             "top_id": self.top_id,
             "baseline_top_prob": float(probs[self.top_id]),
             "ablated_top_ids": None if self.ablated_top_ids is None else self.ablated_top_ids.tolist(),
+            "delta_logit_diff": None if self.delta_logit_diff is None else _json_grid(self.delta_logit_diff),
+            "logit_diff_tokens": None if self.logit_diff_tokens is None else list(self.logit_diff_tokens),
+            "baseline_logit_diff": self.baseline_logit_diff,
         }
 
 
@@ -180,14 +203,33 @@ def effects_from_logits(baseline: torch.Tensor, ablated: torch.Tensor) -> tuple[
     return kl, (p1 - p0).numpy(), top
 
 
+def logit_diff_tokens(baseline: torch.Tensor, tokens: tuple[int, int] | None) -> tuple[int, int]:
+    """``tokens`` checked against the vocabulary, or the two most likely tokens of ``baseline`` when None."""
+    if tokens is None:
+        top2 = baseline.topk(2).indices.tolist()
+        return int(top2[0]), int(top2[1])
+    vocab = baseline.shape[-1]
+    if len(tokens) != 2:
+        raise InputError(f"the logit difference needs two tokens (a, b), got {tokens!r}")
+    for t in tokens:
+        if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab:
+            raise InputError(f"token id {t!r} is out of range: valid ids are 0..{vocab - 1}")
+    if tokens[0] == tokens[1]:
+        raise InputError("the logit difference needs two different tokens")
+    return int(tokens[0]), int(tokens[1])
+
+
 def evaluate_all_heads(lm, input_ids, kind: str = "zero", batch_size: int = 32, factor: float = 0.0,
                        threshold: float = 0.0, positions: tuple[int, ...] | None = None, seed: int = 0,
                        reference_ids=None, share_prefix: bool = True, cancel=None,
-                       on_batch: Callable[[int, int], None] | None = None) -> HeadEffects:
+                       on_batch: Callable[[int, int], None] | None = None,
+                       tokens: tuple[int, int] | None = None) -> HeadEffects:
     """Ablate every head alone (batched, ``batch_size`` heads per forward) and measure its effect.
 
     Row ``r`` of a forward ablates one ``(layer, head)``; the rows cover all
     ``L * H`` heads in ``ceil(L * H / batch_size)`` forwards plus one clean forward.
+    ``tokens`` ``(a, b)`` name the logit difference ``logit[a] - logit[b]`` whose change
+    is reported; by default the clean run's two most likely tokens.
     """
     from .ablation import ablated_logits
 
@@ -198,14 +240,17 @@ def evaluate_all_heads(lm, input_ids, kind: str = "zero", batch_size: int = 32, 
     baseline = ablated_logits(lm, ids, [])
     if not parts.has_attention:
         raise InputError("this model has no attention layers: there are no heads to evaluate")
+    a, b = logit_diff_tokens(baseline, tokens)
     heads = parts.heads()
     logits = run_head_sets(lm, ids, [[h] for h in heads], spec, batch_size, means, share_prefix, cancel, on_batch)
     if logits.shape[0] < len(heads):
         raise Cancelled("the evaluation of all heads was cancelled")
     kl, dtop, top = effects_from_logits(baseline, logits)
+    dld = ((logits[:, a] - logits[:, b]).double() - float(baseline[a] - baseline[b])).numpy()
     return HeadEffects(kl=_grid(parts, heads, kl), delta_top_prob=_grid(parts, heads, dtop),
                        baseline_logits=baseline, kind=kind, top_id=top,
-                       ablated_top_ids=_grid(parts, heads, logits.argmax(-1).numpy(), fill=-1).astype(int))
+                       ablated_top_ids=_grid(parts, heads, logits.argmax(-1).numpy(), fill=-1).astype(int),
+                       delta_logit_diff=_grid(parts, heads, dld), logit_diff_tokens=(a, b))
 
 
 def _grid(parts, heads, values, fill=float("nan")) -> np.ndarray:

@@ -18,6 +18,12 @@ Scores:
   (positive exactly when the target is the most likely token); single heads are
   ranked by how much they raise it.  The search stops as soon as the margin is
   positive (success), or after ``max_heads`` heads (failure).
+- logit difference: ``logit[a] - logit[b]`` of two chosen tokens (e.g. the right and
+  the wrong name of an IOI prompt); the search looks for the heads whose joint
+  ablation lowers it most, and stops early when no candidate lowers it further.
+
+Every result carries its score before any ablation and after the heads found
+(``metric_name``, ``metric_before``, ``metric_after``).
 
 ``progress(event)`` receives dicts ``{"phase", "step", "total", "heads", "metric",
 "metric_name"}`` (phases ``rank``, ``greedy``, ``done``).  ``cancel`` (a
@@ -67,13 +73,19 @@ class StudyResult:
     cancelled: bool = False
     search: str = ""
     forwards: int = 0  # batched forwards run (each of up to batch_size rows)
+    metric_name: str = "kl"  # the score searched: kl, target_margin or logit_diff
+    metric_before: float | None = None  # that score with nothing ablated (KL: 0)
+    metric_after: float | None = None  # that score with ``heads`` ablated
+    tokens: tuple[int, int] | None = None  # logit difference: (a, b)
 
     def to_dict(self) -> dict:
         return {
             "study": self.study, "heads": [list(h) for h in self.heads], "before": self.before,
             "after": self.after, "kl": self.kl, "steps": self.steps, "success": self.success,
             "target_id": self.target_id, "kind": self.kind, "cancelled": self.cancelled,
-            "search": self.search, "forwards": self.forwards,
+            "search": self.search, "forwards": self.forwards, "metric_name": self.metric_name,
+            "metric_before": self.metric_before, "metric_after": self.metric_after,
+            "tokens": None if self.tokens is None else list(self.tokens),
         }
 
 
@@ -126,11 +138,13 @@ class _Search:
 
     def greedy(self, order: list[Head], single_logits: torch.Tensor, single_scores: torch.Tensor,
                score: Callable[[torch.Tensor], torch.Tensor], max_heads: int, must_improve: bool,
-               done: Callable[[float], bool]) -> tuple[list[Head], torch.Tensor | None]:
-        """Greedy forward selection over ``order``.
+               done: Callable[[float], bool],
+               shown: Callable[[float], float] = lambda v: v) -> tuple[list[Head], torch.Tensor | None]:
+        """Greedy forward selection over ``order``, keeping the candidate of largest score.
 
         ``must_improve``: stop when no candidate beats the current score; ``done(score)``
-        is checked after each step and stops the search when true.
+        is checked after each step and stops the search when true.  Each step's event
+        reports ``shown(score)``.
         """
         chosen: list[Head] = []
         best_logits, current = None, None
@@ -150,19 +164,26 @@ class _Search:
                 break  # no candidate improves the score any more
             chosen.append(remaining[i])
             best_logits, current = logits[i], float(scores[i])
-            self.emit("greedy", step, max_heads, chosen, current)
+            self.emit("greedy", step, max_heads, chosen, shown(current))
             if done(current):
                 break
         return chosen, best_logits
 
 
-def _finish(s: _Search, study: str, heads: list[Head], after_logits, k: int, search: str, **extra) -> StudyResult:
+def _finish(s: _Search, study: str, heads: list[Head], after_logits, k: int, search: str,
+            score: Callable[[torch.Tensor], torch.Tensor] | None = None, **extra) -> StudyResult:
+    """The result; ``score(logits [rows, V]) -> [rows]`` gives metric_before/after (KL when None)."""
     after_logits = s.baseline if after_logits is None else after_logits
     kl = float(kl_divergence(s.baseline, after_logits))
+    if score is None:
+        before, after = 0.0, kl
+    else:
+        before, after = (float(score(x.unsqueeze(0))[0]) for x in (s.baseline, after_logits))
     result = StudyResult(study=study, heads=heads, before=top_k(s.baseline, k), after=top_k(after_logits, k),
                          kl=kl, steps=s.steps, kind=s.spec.kind, cancelled=s.cancelled(), search=search,
-                         forwards=s.forwards, **extra)
-    s.emit("done", len(heads), len(heads), heads, kl)
+                         forwards=s.forwards, metric_name=s.metric_name, metric_before=before,
+                         metric_after=after, **extra)
+    s.emit("done", len(heads), len(heads), heads, after)  # the searched score with the heads found
     return result
 
 
@@ -208,20 +229,57 @@ def targeted_study(lm, input_ids, target_id: int, max_heads: int = 8, candidates
     s = _Search(lm, input_ids, kind, batch_size, progress, cancel, "target_margin", spec_kwargs)
     search = SEARCH.format(score="the rise of the target's logit margin", candidates=candidates,
                            max_heads=max_heads, stop="; stop as soon as the target is the most likely token")
-    if float(target_margin(s.baseline, target_id)) > 0:
-        return _finish(s, "targeted", [], None, k, search, success=True, target_id=target_id)
 
     def score(logits):
         return target_margin(logits, target_id)
 
+    if float(target_margin(s.baseline, target_id)) > 0:
+        return _finish(s, "targeted", [], None, k, search, score, success=True, target_id=target_id)
     heads, singles, scores = s.rank(score)
     if s.cancelled():
-        return _finish(s, "targeted", [], None, k, search, success=False, target_id=target_id)
+        return _finish(s, "targeted", [], None, k, search, score, success=False, target_id=target_id)
     keep = scores.argsort(descending=True)[:candidates]  # largest margin = largest rise over the baseline
     order = [heads[i] for i in keep.tolist()]
     chosen, after = s.greedy(order, singles[keep], scores[keep], score, max_heads, False, lambda new: new > 0)
     success = after is not None and float(target_margin(after, target_id)) > 0
-    return _finish(s, "targeted", chosen, after, k, search, success=success, target_id=target_id)
+    return _finish(s, "targeted", chosen, after, k, search, score, success=success, target_id=target_id)
+
+
+def logit_diff_study(lm, input_ids, token_a: int, token_b: int, max_heads: int = 5, candidates: int = 20,
+                     kind: str = "zero", progress: Progress = None, cancel=None, batch_size: int = 32, k: int = 10,
+                     **spec_kwargs) -> StudyResult:
+    """Find up to ``max_heads`` heads whose joint ablation lowers ``logit[token_a] - logit[token_b]`` most.
+
+    The search is the module's: rank single heads by how much their ablation lowers
+    the difference, keep the best ``candidates``, greedy forward selection (stopping
+    early when no candidate lowers it further).  The progress events' ``metric`` is
+    the logit difference itself; ``success`` stays None (there is no goal to reach).
+    """
+    _check_sizes(max_heads, candidates)
+    vocab = lm.model.get_output_embeddings().out_features
+    for name, t in (("token_a", token_a), ("token_b", token_b)):
+        if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab:
+            raise InputError(f"{name} {t!r} is out of range: valid ids are 0..{vocab - 1}")
+    if token_a == token_b:
+        raise InputError("token_a and token_b are the same token: the logit difference needs two tokens")
+    s = _Search(lm, input_ids, kind, batch_size, progress, cancel, "logit_diff", spec_kwargs)
+    search = SEARCH.format(score="how much the ablation lowers logit[a] - logit[b]", candidates=candidates,
+                           max_heads=max_heads, stop="; stop early when no candidate lowers it further")
+
+    def score(logits):  # the logit difference itself: lower is better
+        return (logits[..., token_a] - logits[..., token_b]).double()
+
+    def lowered(logits):  # greedy keeps the largest: the negated difference
+        return -score(logits)
+
+    heads, singles, scores = s.rank(lowered)
+    if s.cancelled():
+        return _finish(s, "logit_diff", [], None, k, search, score, tokens=(token_a, token_b))
+    keep = scores.argsort(descending=True)[:candidates]
+    order = [heads[i] for i in keep.tolist()]
+    chosen, after = s.greedy(order, singles[keep], scores[keep], lowered, max_heads, True, lambda new: False,
+                             shown=lambda v: -v)  # the events report the difference itself
+    return _finish(s, "logit_diff", chosen, after, k, search, score, tokens=(token_a, token_b))
 
 
 def _check_sizes(max_heads: int, candidates: int) -> None:

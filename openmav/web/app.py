@@ -1,7 +1,8 @@
 """The FastAPI app of the web explorer: a JSON API (with OpenAPI schema) and the page.
 
-``create_app(lm)`` serves one loaded model.  Every model computation holds one
-FIFO gate (never two forwards at once); evaluating all heads, studies and circuit
+``create_app(lm)`` serves one loaded model: attention per head and for the whole model (thumbnails),
+the logit lens, direct logit attribution, predictions under ablation, head scores, and jobs.  Every
+model computation holds one FIFO gate (never two forwards at once); evaluating all heads, studies and circuit
 discovery are jobs run one after another, with progress by polling (``GET /api/jobs/{id}``) or
 Server-Sent Events (``GET /api/jobs/{id}/events``).  Bad input answers 422 with
 a message naming the valid range, an unknown job 404; every error answer is
@@ -171,7 +172,8 @@ def create_app(lm: LoadedModel, max_prompt_tokens: int = 128, max_jobs: int = 4,
     @app.get("/api/model", response_model=S.ModelInfo, responses=_errors())
     def model_info():
         p = lm.parts
-        return S.ModelInfo(name=lm.name, n_layers=p.n_layers, n_heads=p.n_heads, n_kv_heads=p.n_kv_heads,
+        return S.ModelInfo(name=lm.name, n_layers=p.n_layers, n_heads=p.n_heads,
+                           attention_layers=list(p.attention_layers), n_kv_heads=p.n_kv_heads,
                            vocab_size=service.vocab_size, max_prompt_tokens=max_prompt_tokens, max_jobs=max_jobs,
                            presets=service.presets, features=features())
 
@@ -189,6 +191,29 @@ def create_app(lm: LoadedModel, max_prompt_tokens: int = 128, max_jobs: int = 4,
         heads = [{"layer": h.layer, "head": h.head, "weights": att[h.layer, h.head].round(6).tolist()}
                  for h in req.heads]
         return {"tokens": service.tokens(ids), "heads": heads}
+
+    @app.post("/api/model_view", response_model=S.ModelViewResponse, responses=_errors(422, 429))
+    def model_view(req: S.ModelViewRequest):
+        """Every layer x head's attention as a small thumbnail (the model view); max-pooled for long prompts."""
+        ids = service.encode(req.prompt)
+        with held():
+            return service.model_view(ids, req.size)
+
+    @app.post("/api/logit_lens", response_model=S.LogitLensResponse, responses=_errors(422, 429))
+    def logit_lens(req: S.LogitLensRequest):
+        """The logit lens at one position: the top-k next tokens read from the residual stream after each
+        layer (final norm and unembedding), and a chosen token's probability and rank per layer."""
+        ids = service.encode(req.prompt)
+        with held():
+            return service.logit_lens(ids, req.position, req.token_id, req.top_k)
+
+    @app.post("/api/attribution", response_model=S.AttributionResponse, responses=_errors(422, 429, 501))
+    def attribution(req: S.AttributionRequest):
+        """Direct logit attribution: each head's contribution to one token's logit at one position, through
+        its slice of the output projection and the unembedding (final norm frozen), and every other part's."""
+        ids = service.encode(req.prompt)
+        with held():
+            return service.direct_logit_attribution(ids, req.position, req.token_id)
 
     @app.post("/api/predict", response_model=S.PredictResponse, responses=_errors(422, 429, 501))
     def predict(req: S.PredictRequest):
@@ -209,18 +234,21 @@ def create_app(lm: LoadedModel, max_prompt_tokens: int = 128, max_jobs: int = 4,
 
     @app.post("/api/evaluations", response_model=S.JobStarted, responses=_errors(422, 429, 501))
     def start_evaluation(req: S.EvaluateRequest):
-        """Start evaluating all heads (each ablated alone: KL and change of the top token's probability,
-        ``[layer][head]``); returns a job id, with one progress event per batched forward."""
+        """Start evaluating all heads (each ablated alone: KL, change of the top token's probability and of
+        the logit difference ``logit[a] - logit[b]``, ``[layer][head]``); returns a job id, with one progress
+        event per batched forward."""
         return started(evaluate_job(service, jobs, req))
 
     @app.post("/api/studies", response_model=S.JobStarted, responses=_errors(422, 429, 501))
     def start_study(req: S.StudyRequest):
-        """Start a generic (largest KL) or targeted (make ``target_id`` the top token) study; returns a job id."""
+        """Start a generic (largest KL), targeted (make ``target_id`` the top token) or logit-difference
+        (lower ``logit[token_a] - logit[token_b]`` most) study; returns a job id."""
         return started(study_job(service, jobs, req))
 
     @app.post("/api/circuit", response_model=S.JobStarted, responses=_errors(422, 429, 501))
     def start_circuit(req: S.CircuitRequest):
-        """Start circuit discovery (attribution patching, verified by ablation); returns a job id."""
+        """Start circuit discovery (attribution patching for every head, the largest ``verify_k`` verified by
+        real patching, the ``top_n`` largest verified effects drawn); returns a job id."""
         return started(circuit_job(service, jobs, req))
 
     @app.get("/api/jobs", response_model=list[S.JobState], responses=_errors())

@@ -136,12 +136,18 @@ class AblationShape(_Request):
 
 
 class EvaluateRequest(PromptRequest, AblationShape):
-    pass
+    token_a: Optional[int] = Field(None, ge=0, description="the logit difference logit[a] - logit[b] whose change "
+                                                           "is reported: a (with token_b; both omitted: the "
+                                                           "baseline's two most likely tokens)")
+    token_b: Optional[int] = Field(None, ge=0, description="the logit difference's b")
 
 
 class StudyRequest(PromptRequest, AblationShape):
-    mode: Literal["generic", "targeted"] = "generic"
+    mode: Literal["generic", "targeted", "logit_diff"] = "generic"
     target_id: Optional[int] = Field(None, ge=0, description="targeted: the token to make the most likely")
+    token_a: Optional[int] = Field(None, ge=0, description="logit_diff: find the heads whose ablation lowers "
+                                                           "logit[token_a] - logit[token_b] most")
+    token_b: Optional[int] = Field(None, ge=0, description="logit_diff: the other token")
     max_heads: int = Field(5, ge=1, le=20)
     candidates: int = Field(20, ge=1, le=200)
 
@@ -150,9 +156,92 @@ class CircuitRequest(PromptRequest):
     corrupt_prompt: Optional[Text] = Field(None, max_length=MAX_PROMPT_CHARS,
                                           description="the corrupted prompt; names swapped when omitted")
     metric: Literal["logit_diff", "prob"] = "logit_diff"
-    token_a: int = Field(ge=0, description="logit_diff: the correct token; prob: the token")
-    token_b: Optional[int] = Field(None, ge=0, description="logit_diff: the alternative token")
-    top_n: int = Field(8, ge=2, le=20)
+    token_a: Optional[int] = Field(None, ge=0, description="logit_diff: the correct token; prob: the token. "
+                                                           "Omitted: the prompt's token where the two prompts "
+                                                           "first differ")
+    token_b: Optional[int] = Field(None, ge=0, description="logit_diff: the alternative token. Omitted (with "
+                                                           "token_a): the corrupted prompt's token there")
+    top_n: int = Field(8, ge=2, le=20, description="heads drawn: the largest verified effects")
+    verify_k: Optional[int] = Field(None, ge=2, le=100000, description="heads verified by real patching, the "
+                                                                       "largest attribution estimates first "
+                                                                       "(at least top_n); all when omitted")
+
+
+class PositionRequest(PromptRequest):
+    position: Optional[int] = Field(None, ge=0, description="token position (0-based); the last when omitted")
+
+
+class ModelViewRequest(PromptRequest):
+    size: int = Field(24, ge=4, le=64, description="thumbnail side: a longer prompt's maps are max-pooled to "
+                                                   "size x size")
+
+
+class ModelViewResponse(BaseModel):
+    tokens: list[TokenInfo]
+    n_layers: int
+    n_heads: int
+    size: int = Field(description="side of each thumbnail: the prompt length, or size when pooled")
+    pooled: bool = Field(description="true when each thumbnail cell is the maximum over a block of queries x keys")
+    heads: list[list[Optional[list[list[float]]]]] = Field(
+        description="[layer][head] thumbnail [query][key] of attention probabilities; null where a layer has "
+                    "no attention")
+
+
+class LogitLensRequest(PositionRequest):
+    token_id: Optional[int] = Field(None, ge=0, description="a token whose probability and rank are reported "
+                                                            "after every layer")
+    top_k: int = Field(5, ge=1, le=20)
+
+
+class LensTarget(BaseModel):
+    id: int
+    label: str
+    prob: float
+    rank: int = Field(description="1 = most likely")
+
+
+class LensLayer(BaseModel):
+    layer: int
+    top: list[Candidate]
+    target: Optional[LensTarget] = None
+
+
+class LogitLensResponse(BaseModel):
+    position: int
+    token: TokenInfo = Field(description="the token at the position (the lens predicts the one after it)")
+    layers: list[LensLayer]
+    note: str
+
+
+class AttributionRequest(PositionRequest):
+    token_id: Optional[int] = Field(None, ge=0, description="the token whose logit is decomposed; the model's "
+                                                            "most likely next token when omitted")
+
+
+class AttributionPart(BaseModel):
+    name: str
+    kind: Literal["embedding", "attention_bias", "attention_extra", "mixer", "mlp", "mlp_extra", "final_bias"]
+    layer: Optional[int] = None
+    value: float = Field(description="contribution to the logit")
+
+
+class AttributionTarget(Candidate):
+    """The token whose logit is decomposed, with its probability at the position."""
+
+
+class AttributionResponse(BaseModel):
+    position: int
+    token: TokenInfo = Field(description="the token at the position (the logit is for the one after it)")
+    target: AttributionTarget
+    logit: float = Field(description="the model's logit of the target token")
+    pre_softcap_logit: float = Field(description="that logit before a final soft-cap (equal without one)")
+    softcap: Optional[float] = None
+    heads: list[list[Optional[float]]] = Field(description="[layer][head] direct contribution; null where a "
+                                                           "layer has no attention")
+    components: list[AttributionPart] = Field(description="every other part: embeddings, MLPs, biases, mixers")
+    total: float = Field(description="sum of the heads and the other parts")
+    error: float = Field(description="|total - pre_softcap_logit|")
+    note: str
 
 
 class JobStarted(BaseModel):
@@ -176,6 +265,7 @@ class ModelInfo(BaseModel):
     name: str
     n_layers: int
     n_heads: int
+    attention_layers: list[int] = Field(description="the layers with attention heads (a hybrid's others have none)")
     n_kv_heads: int
     vocab_size: int
     max_prompt_tokens: int

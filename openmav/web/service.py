@@ -58,7 +58,8 @@ def repeated_random_text(lm: LoadedModel, n: int = 10, seed: int = 0) -> str:
 
 
 class ExplorerService:
-    """The model computations behind the API: attention, predictions, scores, studies, circuits."""
+    """The model computations behind the API: attention, the model view, the logit lens, direct logit
+    attribution, predictions, scores, evaluations (studies and circuits run in :mod:`~openmav.web.tasks`)."""
 
     def __init__(self, lm: LoadedModel, max_prompt_tokens: int = 128):
         self.lm = lm
@@ -68,6 +69,7 @@ class ExplorerService:
         self._attention = _LRU(4)
         self._logits = _LRU(16)
         self._evaluations = _LRU(8)
+        self._resid = _LRU(4)
         self.head_scores: dict | None = None
         self.presets = dict(PRESETS, induction=repeated_random_text(lm))
 
@@ -90,6 +92,9 @@ class ExplorerService:
             raise InputError(f"layer {layer} is out of range: {self.lm.name} has layers 0-{L - 1}")
         if not 0 <= head < H:
             raise InputError(f"head {head} is out of range: {self.lm.name} has heads 0-{H - 1} per layer")
+        if layer not in self.parts.attention_layers:
+            layers = ", ".join(map(str, self.parts.attention_layers)) or "none"
+            raise InputError(f"layer {layer} of {self.lm.name} has no attention heads; attention layers: {layers}")
 
     def check_token(self, token_id: int, what: str = "token id") -> None:
         if not 0 <= token_id < self.vocab_size:
@@ -111,16 +116,100 @@ class ExplorerService:
         return t.display or t.piece
 
     def attention(self, ids: torch.Tensor) -> np.ndarray:
-        """Every head's query x key attention of the prompt, ``[L, H, P, P]`` (float32), cached."""
+        """Every head's query x key attention of the prompt, ``[L, H, P, P]`` (float32), cached;
+        NaN in the layers without attention (a hybrid's other mixers)."""
         key = tuple(ids[0].tolist())
         found = self._attention.find(key)
         if found is not None:
             return found
+        n = int(ids.shape[1])
+        out = np.full((self.parts.n_layers, self.parts.n_heads, n, n), np.nan, dtype=np.float32)
         with torch.inference_mode(), attention_implementation(self.lm.model, "eager"), \
                 CaptureHooks(self.parts, attention=True, last_only=False) as hooks:
             self.lm.model(input_ids=ids)
-            pattern = hooks.stacked("pattern")[:, 0]  # [L, H, q, k]
-        return self._attention.put(key, pattern.float().cpu().numpy())
+            for layer in self.parts.attention_layers:
+                weights = hooks.pattern[layer]
+                if weights is not None:  # [b, h, q, k]; a sliding window's k may be shorter: its last keys
+                    out[layer, :, :, n - weights.shape[-1]:] = weights[0].float().cpu().numpy()
+                    out[layer, :, :, :n - weights.shape[-1]] = 0.0
+        return self._attention.put(key, out)
+
+    def model_view(self, ids: torch.Tensor, size: int) -> dict:
+        """Every head's attention as a thumbnail of at most ``size`` x ``size`` (max-pooled over blocks of
+        queries and keys when the prompt is longer); ``None`` for the heads of layers without attention."""
+        att = self.attention(ids)
+        n = att.shape[-1]
+        pooled = n > size
+        if pooled:
+            edges = np.linspace(0, n, size + 1).round().astype(int)
+            rows = np.maximum.reduceat(att, edges[:-1], axis=2)
+            thumbs = np.maximum.reduceat(rows, edges[:-1], axis=3)
+        else:
+            thumbs = att
+        heads = [[None if layer not in self.parts.attention_layers else thumbs[layer, h].round(4).tolist()
+                  for h in range(self.parts.n_heads)] for layer in range(self.parts.n_layers)]
+        return {"tokens": self.tokens(ids), "n_layers": self.parts.n_layers, "n_heads": self.parts.n_heads,
+                "size": int(min(n, size)), "pooled": pooled, "heads": heads}
+
+    # ---- logit lens and direct logit attribution -----------------------------------------
+    def residuals(self, ids: torch.Tensor) -> torch.Tensor:
+        """The residual stream after every block, ``[L, P, d]`` (before the final norm), cached."""
+        key = tuple(ids[0].tolist())
+        found = self._resid.find(key)
+        if found is not None:
+            return found
+        with torch.inference_mode(), CaptureHooks(self.parts, attention=False, last_only=False) as hooks:
+            self.lm.model(input_ids=ids, use_cache=False)
+            resid = hooks.stacked("resid")[:, 0]
+        return self._resid.put(key, resid)
+
+    def logit_lens(self, ids: torch.Tensor, position: int | None, token_id: int | None, top_k: int = 5) -> dict:
+        """The logit lens at ``position`` (default: the last): after each block, the final norm and the
+        unembedding applied to the residual stream; top-k tokens, and ``token_id``'s probability and rank."""
+        n = int(ids.shape[1])
+        position = n - 1 if position is None else position
+        self.check_position(position, n)
+        if token_id is not None:
+            self.check_token(token_id)
+        resid = self.residuals(ids)[:, position]
+        with torch.inference_mode():
+            probs = torch.softmax(self.parts.lens(resid).double(), -1).cpu()  # [L, V]
+        layers = []
+        for layer, p in enumerate(probs):
+            if not bool(torch.isfinite(p).all()):
+                raise NonFiniteLogitsError(f"the logit lens after layer {layer} is not finite (inf or NaN)")
+            target = None
+            if token_id is not None:
+                target = {"id": token_id, "label": self.label(token_id), "prob": float(p[token_id]),
+                          "rank": int((p > p[token_id]).sum()) + 1}
+            layers.append({"layer": layer, "top": self._top(p, top_k), "target": target})
+        return {"position": position, "token": self.tokens(ids)[position], "layers": layers,
+                "note": "after block l: the model's final norm and unembedding applied to the residual stream "
+                        "at this position; the last row is the model's own prediction"}
+
+    def direct_logit_attribution(self, ids: torch.Tensor, position: int | None, token_id: int | None) -> dict:
+        """Each head's direct contribution to ``token_id``'s logit (default: the model's top token) at
+        ``position`` (default: the last), and every other part's, with the final norm frozen at this run."""
+        from ..interventions.attribution import direct_logit_attribution
+
+        n = int(ids.shape[1])
+        position = n - 1 if position is None else position
+        self.check_position(position, n)
+        logits = self.logits(ids, [])[position]
+        if token_id is None:
+            token_id = int(logits.argmax())
+        self.check_token(token_id)
+        out = direct_logit_attribution(self.lm, ids, token_id, position).to_dict()
+        if not all(np.isfinite(out[k]) for k in ("logit", "pre_softcap_logit", "total")):
+            raise NonFiniteLogitsError(f"the logit at position {position} is not finite (inf or NaN), so it "
+                                       "cannot be decomposed")
+        prob = float(torch.softmax(logits.double(), -1)[token_id])
+        out.update(token=self.tokens(ids)[position], target={"id": token_id, "label": self.label(token_id),
+                                                                "prob": prob},
+                   note="each head's output through its slice of the output projection and the unembedding, "
+                        "with the final norm's scale frozen at this run; heads and the other parts sum to the "
+                        "logit (before a final soft-cap)")
+        return _plain(out)
 
     # ---- predictions under ablation -----------------------------------------------------
     def to_ablations(self, items) -> list:
@@ -185,24 +274,28 @@ class ExplorerService:
                 for p, i in zip(top.values, top.indices)]
 
     # ---- whole-model analyses -------------------------------------------------------------
-    def cached_evaluation(self, ids: torch.Tensor, kind: str, factor: float = 0.0, threshold: float = 0.0) -> dict | None:
-        """The all-heads evaluation of this prompt and ablation if one was computed already, else None."""
-        return self._evaluations.find((tuple(ids[0].tolist()), kind, factor, threshold))
+    def cached_evaluation(self, ids: torch.Tensor, kind: str, factor: float = 0.0, threshold: float = 0.0,
+                          tokens: tuple[int, int] | None = None) -> dict | None:
+        """The all-heads evaluation of this prompt, ablation and logit-difference tokens if one was computed
+        already, else None."""
+        return self._evaluations.find((tuple(ids[0].tolist()), kind, factor, threshold, tokens))
 
     def evaluate(self, ids: torch.Tensor, kind: str, batch_size: int = 32, cancel=None, on_batch=None,
-                 factor: float = 0.0, threshold: float = 0.0) -> dict:
-        """Every single-head ablation's effect (``evaluate_all_heads(...).to_dict()``), cached per prompt and kind.
+                 factor: float = 0.0, threshold: float = 0.0, tokens: tuple[int, int] | None = None) -> dict:
+        """Every single-head ablation's effect (``evaluate_all_heads(...).to_dict()``), cached per prompt, kind
+        and logit-difference tokens (``None``: the baseline's two most likely).
 
         ``cancel`` and ``on_batch`` go to the library, which raises ``Cancelled`` when
         ``cancel`` is set before the last batch (nothing is cached then).
         """
         from ..interventions.evaluate import evaluate_all_heads
 
-        found = self.cached_evaluation(ids, kind, factor, threshold)
+        found = self.cached_evaluation(ids, kind, factor, threshold, tokens)
         if found is None:
             effects = evaluate_all_heads(self.lm, ids, kind=kind, batch_size=batch_size, cancel=cancel,
-                                         on_batch=on_batch, factor=factor, threshold=threshold)
-            found = self._evaluations.put((tuple(ids[0].tolist()), kind, factor, threshold), effects.to_dict())
+                                         on_batch=on_batch, factor=factor, threshold=threshold, tokens=tokens)
+            found = self._evaluations.put((tuple(ids[0].tolist()), kind, factor, threshold, tokens),
+                                          effects.to_dict())
         return found
 
     def scores(self) -> dict:

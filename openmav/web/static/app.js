@@ -1,4 +1,5 @@
-// The OpenMAV explorer page: prompt, head grid, attention maps, ablation, evaluation, studies, circuits.
+// The OpenMAV explorer page: prompt, head grid, attention maps, ablation; the tabs are in panels.js
+// (evaluation, studies), circuit.js (circuits) and views.js (model view, logit lens, logit attribution).
 // Everything it shows comes from the JSON API (/docs); no network beyond this server.
 "use strict";
 
@@ -66,6 +67,7 @@ async function runPrompt() {
   renderTokens();
   renderMaps();
   await updatePrediction();
+  onPromptRun();
 }
 
 function renderTokens() {
@@ -89,9 +91,12 @@ function buildGrid() {
   for (let h = 0; h < H; h++) cells.push(el("span", {class: "axis", text: String(h)}));
   for (let l = 0; l < L; l++) {
     cells.push(el("span", {class: "axis", text: String(l)}));
+    const heads = !S.model.attention_layers || S.model.attention_layers.includes(l);
     for (let h = 0; h < H; h++) {
-      cells.push(el("button", {class: "cell", "data-layer": l, "data-head": h, title: `layer ${l} head ${h}`,
-        onclick: () => clickHead(l, h)}));
+      const cell = el("button", {class: "cell", "data-layer": l, "data-head": h, title: `layer ${l} head ${h}`,
+        onclick: () => clickHead(l, h)});
+      if (!heads) { cell.disabled = true; cell.classList.add("none"); }
+      cells.push(cell);
     }
   }
   grid.replaceChildren(...cells);
@@ -115,7 +120,8 @@ function renderGrid() {
     b.classList.toggle("ablated", ablated.has(k));
     const v = values ? values[l][h] : null;
     b.style.background = v === null ? "" : Heatmap.colour(v, vmax, false);
-    b.title = `layer ${l} head ${h}` + (v === null ? "" : `: ${$("#overlay").selectedOptions[0].text} ${fmt(v)}`);
+    b.title = b.disabled ? `layer ${l}: no attention heads`
+      : `layer ${l} head ${h}` + (v === null ? "" : `: ${$("#overlay").selectedOptions[0].text} ${fmt(v)}`);
   });
   $("#picked-count").textContent = `${S.picked.length} head${S.picked.length === 1 ? "" : "s"} picked`;
 }
@@ -132,6 +138,26 @@ async function clickHead(l, h) {
   await ensureAttention(S.picked);
   renderMaps();
 }
+
+// "open that head": from any chart (evaluation map and bars, circuit nodes and table, attribution map, model
+// view). The head joins the picked heads (never toggled off), its page of maps is shown and it is outlined.
+async function openHead(l, h) {
+  if (!S.prompt) return showError("run a prompt first");
+  if (S.model.attention_layers && !S.model.attention_layers.includes(l)) return;
+  let i = S.picked.findIndex(([a, b]) => a === l && b === h);
+  if (i < 0) { S.picked.push([l, h]); i = S.picked.length - 1; }
+  S.page = Math.floor(i / perPage());
+  renderGrid();
+  await ensureAttention(S.picked);
+  renderMaps();
+  const card = document.querySelector(`#maps .map[data-layer='${l}'][data-head='${h}']`);
+  if (card) {
+    card.classList.add("opened");
+    setTimeout(() => card.classList.remove("opened"), 1500);
+    card.scrollIntoView({block: "nearest"});
+  }
+}
+window.mav.openHead = openHead;
 
 async function setOverlay() {
   const name = $("#overlay").value;
@@ -159,15 +185,17 @@ function renderMaps() {
   const cell = Math.max(5, Math.min(24, Math.floor((cols === 1 ? 620 : 330) / n)));
   const labels = S.tokens.map((t) => t.label);
   box.replaceChildren(...shown.map(([l, h]) => {
-    const card = el("div", {class: "map", "data-layer": l, "data-head": h},
-      el("div", {class: "map-title"}, el("b", {text: `layer ${l} · head ${h}`}),
-        el("button", {class: "close", title: "remove", text: "×", onclick: () => clickHead(l, h)})));
+    const title = el("div", {class: "map-title"}, el("b", {text: `layer ${l} · head ${h}`}));
+    const card = el("div", {class: "map", "data-layer": l, "data-head": h}, title);
     const weights = S.att.get(key(l, h));
     if (!weights) return card;
     const map = new Heatmap(card, {
       rows: labels, cols: labels, values: weights, cell, vmax: 1, threshold: S.threshold,
       onHover: (at) => hover(at, l, h), onClick: (r, c) => markCell(r, c),
     });
+    title.append(el("span", {class: "map-tools"}, Export.buttons(`attention_L${l}_H${h}`, {
+      fig: () => map.canvas, svg: () => map.toSVG(), csv: () => attentionRows(weights)}),
+      el("button", {class: "close", title: "remove", text: "×", onclick: () => clickHead(l, h)})));
     map.layer = l;
     map.head = h;
     map.mark = S.mark;
@@ -178,6 +206,12 @@ function renderMaps() {
   updatePager();
 }
 window.mav.redrawAll = () => S.maps.map((m) => m.draw());
+
+// a query x key map as CSV rows: the key tokens across, one row per query token
+function attentionRows(weights) {
+  const labels = S.tokens.map((t) => t.label);
+  return [["query \\ key", ...labels], ...weights.map((row, q) => [labels[q], ...row])];
+}
 window.mav.maps = () => S.maps;
 
 function updatePager() {
@@ -272,14 +306,24 @@ async function updatePrediction() {
     el("h3", {text: `Next token after “${S.tokens[S.tokens.length - 1].label}”`}),
     distTables({before: p.before.slice(0, 5), after: p.after.slice(0, 5)}),
     el("p", {class: "kl-line", text: `KL ${fmt(p.kl)} nats · entropy ${fmt(p.entropy_before, 3)} → ${fmt(p.entropy_after, 3)}`}));
+  const rest = p.before.slice(1).concat(p.before.slice(0, 1));
   fillTokenSelect($("#study-target"), p.before.slice(1));
-  fillTokenSelect($("#circuit-a"), p.before);
-  fillTokenSelect($("#circuit-b"), p.before.slice(1).concat(p.before.slice(0, 1)));
+  fillTokenSelect($("#study-a"), p.before);
+  fillTokenSelect($("#study-b"), rest);
+  fillTokenSelect($("#eval-a"), p.before, "baseline top two");
+  fillTokenSelect($("#eval-b"), rest, "baseline top two");
+  fillTokenSelect($("#circuit-a"), p.before, "from the prompt pair");
+  fillTokenSelect($("#circuit-b"), rest, "from the prompt pair");
+  fillTokenSelect($("#lens-token"), p.before, "none");
+  fillTokenSelect($("#dla-token"), p.before, "the model's top token");
 }
 
-function fillTokenSelect(select, tokens) {
+// a select of tokens (label and probability); `empty` names a first option with no token (the server's default)
+function fillTokenSelect(select, tokens, empty = null) {
   const keep = select.value;
-  select.replaceChildren(...tokens.map((t) => el("option", {value: t.id, text: `${t.label} (${pct(t.prob)})`})));
+  const options = tokens.map((t) => el("option", {value: t.id, text: `${t.label} (${pct(t.prob)})`}));
+  if (empty !== null) options.unshift(el("option", {value: "", text: empty}));
+  select.replaceChildren(...options);
   if ([...select.options].some((o) => o.value === keep)) select.value = keep;
 }
 
