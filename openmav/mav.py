@@ -7,16 +7,21 @@ KV-cached forward per token, and shows the panels: live in a terminal, one plain
 line (or JSON line) per token otherwise.  Only the captures the chosen panels
 read are switched on: attention for the attention panels, the logit lens (one
 unembedding per layer and token, the costliest capture) only for ``logit_lens``.
+
+Torch's intra-op threads are set for the run (``threads``; by default
+:func:`default_threads`, measured in ``docs/readme/live.md``) and restored after it.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterable
 
 from .errors import InputError
-from .view.options import ViewOptions
+from .view.options import SCALES, ViewOptions
 from .view.panels.registry import make_panels, needed_captures
 
 DEFAULT_PROMPT = "Once upon a time, in a small village by the sea,"
@@ -55,7 +60,48 @@ def check_record_path(record) -> None:
             raise InputError(f"cannot record to {record}: the folder {parent} does not exist")
 
 
+def available_cores() -> int:
+    """Physical CPU cores this process may run on (logical CPUs when that is unknown)."""
+    logical = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        import psutil
+
+        physical = psutil.cpu_count(logical=False) or logical
+    except ImportError:
+        physical = logical
+    return max(1, min(logical, physical))
+
+
+def default_threads() -> int | None:
+    """The torch intra-op threads ``mav`` uses unless told: one fewer than the physical cores,
+    at least 1, so the drawing thread and the logit lens's worker thread (and whatever else
+    the machine runs) keep a core; ``None`` (leave torch as it is) when ``OMP_NUM_THREADS``
+    is set.  Measured on 2 cores (``docs/readme/live.md``): idle, 1 thread 44 ms/token and 2
+    threads 43 without the lens, 47 and 64 with it; busy, 74 and 650.5 without the lens."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return None
+    return max(1, available_cores() - 1)
+
+
+@contextmanager
+def torch_threads(threads: int | None):
+    """Run the body with ``threads`` torch intra-op threads (``None``: unchanged), then restore."""
+    if threads is None:
+        yield
+        return
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _load_backend(model, device, seed, model_obj, tokenizer_obj, dtype, backend):
+    """The backend, loaded: on a terminal with one progress line of ours (on stderr, gone when
+    done); transformers' own progress bars are silenced either way."""
     from .backends.model_backend_transformers import TransformersBackend
     from .backends.sources import default_model_name
 
@@ -66,10 +112,11 @@ def _load_backend(model, device, seed, model_obj, tokenizer_obj, dtype, backend)
     be = TransformersBackend(name, device=device, seed=seed, model_obj=model_obj, tokenizer_obj=tokenizer_obj,
                              dtype=dtype)
     if err.is_terminal:
-        with err.status(f"loading {name}…", spinner="dots") as status:
+        with err.status(f"loading {_short(name)}…", spinner="dots") as status:
             be.progress = lambda msg: status.update(msg + "…")
             be.initialize()
     else:
+        be.progress = lambda msg: None  # a callback keeps transformers' bars off; nothing to show
         be.initialize()
     return be
 
@@ -143,10 +190,10 @@ def run_view(stream: Iterable, panels, *, mode: str = "auto", console=None, refr
 def MAV(model: str | None = None, prompt: str | None = None, max_new_tokens: int = 200, refresh_rate: float = 10.0,
         interactive: bool = False, limit_chars: int = 400, temp: float = 0.0, top_k: int = 50, top_p: float = 1.0,
         min_p: float = 0.0, repetition_penalty: float = 1.0, max_bar_length: int = 35, device: str = "auto",
-        scale: str = "linear", backend: str = "transformers", seed: int | None = 42, model_obj=None,
+        scale: str = "auto", backend: str = "transformers", seed: int | None = 42, model_obj=None,
         tokenizer_obj=None, selected_panels=None, num_grid_rows: int | None = None, external_panels=None,
         aggregation: str = "l2", format: str = "auto", record: str | None = None, dtype: str = "float32",
-        console=None, keys=None) -> MAVResult:
+        console=None, keys=None, threads: int | None = None) -> MAVResult:
     """Run the live view on ``model`` (default: the bundled SmolLM2-135M) continuing ``prompt``.
 
     ``temp`` 0 is greedy; ``top_k``/``top_p``/``min_p``/``repetition_penalty`` act as in
@@ -154,15 +201,20 @@ def MAV(model: str | None = None, prompt: str | None = None, max_new_tokens: int
     of ``external_panels``, which may be ``PanelBase`` classes or instances).
     ``format``: ``auto`` (live in a terminal, else text), ``live``, ``text``, ``jsonl``.
     ``record``: also save every step's record to this trace file (see
-    :mod:`openmav.capture.trace`).  Returns a :class:`MAVResult`.
+    :mod:`openmav.capture.trace`).  ``scale``: ``auto`` (per panel, log when one layer
+    dominates, else linear), ``linear``, ``log`` or ``minmax``.  ``threads``: torch
+    intra-op threads for the run (default :func:`default_threads`), restored afterwards.
+    Returns a :class:`MAVResult`.
     """
     from .processors.state_fetcher import StateFetcher
-    from .processors.state_processor import AGGREGATIONS, SCALES
+    from .processors.state_processor import AGGREGATIONS
 
     if format not in FORMATS:
         raise InputError(f"unknown format {format!r}: use one of {', '.join(FORMATS)}")
     if aggregation not in AGGREGATIONS or scale not in SCALES:
         raise InputError(f"aggregation must be one of {', '.join(AGGREGATIONS)} and scale one of {', '.join(SCALES)}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 1024):
+        raise InputError(f"threads must be a whole number from 1 to 1024, got {threads!r}")
     prompt = DEFAULT_PROMPT if prompt is None else prompt
     if not str(prompt).strip():
         raise InputError("the prompt is empty: give some text to continue")
@@ -174,13 +226,16 @@ def MAV(model: str | None = None, prompt: str | None = None, max_new_tokens: int
     mode = "interactive" if interactive else format
     if mode == "interactive" and keys is None and not sys.stdin.isatty():
         raise InputError("--interactive needs a terminal (stdin is not one)")
-    be = _load_backend(model, device, seed, model_obj, tokenizer_obj, dtype, backend)
-    fetcher = StateFetcher(be, max_new_tokens, aggregation, scale, capture_config(panels, record_everything=False))
-    stream = fetcher.fetch_next(prompt, temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p,
-                                repetition_penalty=repetition_penalty)
-    title = f"mav · {_short(be.loaded.name)}"
-    result = run_view(stream, panels, mode=mode, console=console, refresh_rate=refresh_rate,
-                      num_grid_rows=num_grid_rows, options=options, title=title, keys=keys)
+    with torch_threads(default_threads() if threads is None else threads):
+        be = _load_backend(model, device, seed, model_obj, tokenizer_obj, dtype, backend)
+        # the panels scale per panel themselves; the processor's *_normalized fields (for plugins) stay linear
+        fetcher = StateFetcher(be, max_new_tokens, aggregation, "linear" if scale == "auto" else scale,
+                               capture_config(panels, record_everything=False))
+        stream = fetcher.fetch_next(prompt, temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p,
+                                    repetition_penalty=repetition_penalty)
+        title = f"mav · {_short(be.loaded.name)}"
+        result = run_view(stream, panels, mode=mode, console=console, refresh_rate=refresh_rate,
+                          num_grid_rows=num_grid_rows, options=options, title=title, keys=keys)
     if record:
         from .capture.trace import save_trace
 

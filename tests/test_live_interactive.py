@@ -18,16 +18,24 @@ class Tmux:
     def __init__(self, name: str, command: str, width: int = 120, height: int = 36):
         self.name = name
         subprocess.run(["tmux", "-L", "openmav-view-tests", "kill-session", "-t", name], capture_output=True)
-        subprocess.run(["tmux", "-L", "openmav-view-tests", "new-session", "-d", "-s", name, "-x", str(width), "-y", str(height),
-                        f"cd {ROOT} && unset COLUMNS LINES && {command}; echo EXITED $?; sleep 60"], check=True)
+        for attempt in range(5):  # a server still shutting down after the last session closed refuses once
+            done = subprocess.run(["tmux", "-L", "openmav-view-tests", "new-session", "-d", "-s", name, "-x", str(width),
+                                   "-y", str(height), f"cd {ROOT} && unset COLUMNS LINES && {command}; echo EXITED $?; "
+                                   "sleep 60"], capture_output=True, text=True)
+            if done.returncode == 0:
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError(f"tmux new-session failed: {done.stderr}")
         self.resize(width, height)
 
     def resize(self, width: int, height: int) -> None:
         subprocess.run(["tmux", "-L", "openmav-view-tests", "resize-window", "-t", self.name, "-x", str(width), "-y", str(height)], check=True)
 
-    def screen(self) -> str:
-        return subprocess.run(["tmux", "-L", "openmav-view-tests", "capture-pane", "-p", "-t", self.name], capture_output=True,
-                              text=True).stdout
+    def screen(self, history: bool = False) -> str:
+        extra = ["-S", "-"] if history else []
+        return subprocess.run(["tmux", "-L", "openmav-view-tests", "capture-pane", "-p", *extra, "-t", self.name],
+                              capture_output=True, text=True).stdout
 
     def keys(self, *keys: str) -> None:
         subprocess.run(["tmux", "-L", "openmav-view-tests", "send-keys", "-t", self.name, *keys], check=True)
@@ -95,14 +103,77 @@ def test_live_view_follows_resize_and_ctrl_c(model_dir, tmp_path):
     t = Tmux("mav-live", f"{sys.executable} -m openmav replay {trace} --delay 0.5 --refresh-rate 20", 150, 45)
     try:
         screen = t.wait_for("Head entropy")
-        assert "too small" not in screen and "Logit lens" in screen
+        assert "hidden" not in screen and "Logit lens" in screen and "150x45" in screen
         t.resize(60, 14)
-        t.wait_for("too small")
+        screen = t.wait_for("hidden")
+        assert "60x14" in screen
         t.resize(150, 45)
         t.wait_for("Head entropy")
         t.keys("C-c")
         screen = t.wait_for("EXITED 130")
         assert "interrupted" in screen and "generated text:" in screen
+    finally:
+        t.close()
+
+
+DEFAULT_TITLES = ("─ Generated text ─", "─ Top predictions ─", "─ MLP output L2 norm · ",
+                  "─ Attention entropy (nats) · ", "─ Attention L", "─ Output distribution ─")
+
+
+def check_80x24(screen: str, titles=DEFAULT_TITLES) -> None:
+    """The screen is 80x24, every panel box is intact (no wrapped bar breaks a border), every
+    title is whole and the status line says 80x24."""
+    lines = screen.rstrip("\n").split("\n")
+    assert len(lines) == 24, screen
+    for line in lines[:-1]:
+        assert len(line.rstrip()) <= 80
+        assert line.count("╭") == line.count("╮") and line.count("╰") == line.count("╯"), line
+        assert line.count("│") % 2 == 0, line
+        assert line[:1] in "╭│╰" and line.rstrip()[-1:] in "╮│╯", line
+    for title in titles:
+        assert title in screen, title
+    assert "80x24" in lines[-1]
+
+
+def test_mav_at_80x24_reads_well(model_dir):
+    """The real ``mav`` in an 80x24 terminal (tmux): the six default panels, whole, no progress bar
+    but ours; the last frame, printed after the run, still says 80x24."""
+    cmd = (f"{sys.executable} -m openmav --model {model_dir} --prompt 'hello world' --max-new-tokens 3 "
+           "--interactive --device cpu")
+    t = Tmux("mav-80x24", cmd, 80, 24)
+    try:
+        screen = t.wait_for("token 1/1")
+        check_80x24(screen)
+        t.keys("Space")
+        check_80x24(t.wait_for("token 2/2"))
+        t.keys("q")
+        t.wait_for("EXITED 0")
+        history = t.screen(history=True)
+        assert "Loading weights" not in history and "it/s]" not in history
+    finally:
+        t.close()
+    t = Tmux("mav-80x24-live", f"{sys.executable} -m openmav --model {model_dir} --prompt 'hello world' "
+             "--max-new-tokens 20 --device cpu", 80, 24)
+    try:
+        history = t.wait_for("EXITED 0") and t.screen(history=True)
+        assert "80x24" in history and "80x21" not in history and "generated text:" in history
+        assert "Loading weights" not in history and "it/s]" not in history
+    finally:
+        t.close()
+
+
+@pytest.mark.smollm2
+def test_bundled_model_at_80x24_while_it_generates(smollm2):
+    """``mav`` as a newcomer runs it: the bundled model, default panels, an 80x24 terminal,
+    read mid-run; the MLP panel names the log scale SmolLM2's dominant last layer calls for."""
+    t = Tmux("mav-80x24-smollm2", f"{sys.executable} -m openmav --max-new-tokens 60", 80, 24)
+    try:
+        screen = t.wait_for("ms/token", timeout=120)
+        check_80x24(screen)
+        assert "─ MLP output L2 norm · log ─" in screen and "log" in screen
+        t.keys("C-c")
+        history = t.wait_for("EXITED") and t.screen(history=True)
+        assert "Loading weights" not in history and "it/s]" not in history
     finally:
         t.close()
 

@@ -13,8 +13,9 @@ import math
 
 from .. import __version__
 
-PANEL_NAMES = ("generated_text", "top_predictions", "output_distribution", "mlp_activations", "attention_entropy",
-               "residual_stream", "logit_lens", "attention", "head_entropy")
+# the registry's order, which is also the priority order (a small terminal drops panels from the end)
+PANEL_NAMES = ("generated_text", "top_predictions", "mlp_activations", "attention_entropy", "attention", "logit_lens",
+               "output_distribution", "residual_stream", "head_entropy")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -24,6 +25,17 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def thread_count(text: str) -> int:
+    """``--threads``: a whole number from 1 to 1024 (checked by argparse, before torch is imported)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to 1024, got {text!r}") from None
+    if not 1 <= value <= 1024:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to 1024, got {value}")
+    return value
+
+
 def quiet_loading() -> None:
     """Hide transformers' own weight-loading bar (the CLI shows its own progress line)."""
     from transformers.utils import logging
@@ -31,15 +43,21 @@ def quiet_loading() -> None:
     logging.disable_progress_bar()
 
 
-def add_view_flags(p: argparse.ArgumentParser) -> None:
-    """Flags about drawing, shared by ``mav`` and ``mav replay``."""
+def add_view_flags(p: argparse.ArgumentParser, scale_default: str = "linear") -> None:
+    """Flags about drawing, shared by ``mav`` and ``mav replay``.
+
+    ``mav`` passes ``scale_default="auto"`` (not a choice one can type: it is what
+    leaving ``--scale`` out means)."""
     p.add_argument("--refresh-rate", type=float, default=10.0,
                    help="at most this many redraws per second (default 10; 0: no cap); drawing is also capped "
                    "at 15%% of the time")
     p.add_argument("--interactive", action="store_true",
                    help="one token per Enter/space; ←/→ browse tokens; ↑/↓ layer, ,/. head, m mean; q quits")
-    p.add_argument("--scale", choices=("linear", "log", "minmax"), default="linear",
-                   help="how bars are scaled to their length (default linear)")
+    auto = ("per panel, log when one layer is over 10x the median, else linear; the title names it"
+            if scale_default == "auto" else scale_default)
+    p.add_argument("--scale", choices=("linear", "log", "minmax"), default=scale_default,
+                   help=f"how per-layer bars are scaled: linear (0..max), log (smallest..largest), minmax "
+                   f"(default: {auto})")
     p.add_argument("--aggregation", choices=("l2", "max_abs"), default="l2",
                    help="MLP output per layer: L2 norm or max |x| (default l2)")
     p.add_argument("--limit-chars", type=int, default=400,
@@ -48,7 +66,8 @@ def add_view_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--selected-panels", nargs="+", metavar="PANEL",
                    help="panels to show, space- or comma-separated, or 'all': " + ", ".join(PANEL_NAMES))
     p.add_argument("--num-grid-rows", type=int, default=None,
-                   help="rows of the panel grid (default: 1 for up to 3 panels, else 2)")
+                   help="rows of the panel grid (default: the grid that gives every panel the most room); a "
+                   "terminal too small for every panel drops them from the end of the list")
     p.add_argument("--format", choices=("auto", "live", "text", "jsonl"), default="auto",
                    help="auto: live view in a terminal, else one text line per token; jsonl: JSON per token")
 
@@ -78,7 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="save every step's record to FILE (.npz trace; show it again with mav replay FILE); "
                    "the folder must exist; an existing FILE is kept unless --force")
     p.add_argument("--force", action="store_true", help="let --record replace an existing FILE")
-    add_view_flags(p)
+    p.add_argument("--threads", type=thread_count, default=None, metavar="N",
+                   help="torch intra-op threads, 1 to 1024 (default: physical cores minus one, at least 1; "
+                   "OMP_NUM_THREADS, when set, is left to rule)")
+    add_view_flags(p, scale_default="auto")
     return p
 
 
@@ -105,7 +127,8 @@ def run(args) -> int:
                  repetition_penalty=args.repetition_penalty, max_bar_length=args.max_bar_length,
                  device=args.device, scale=args.scale, backend=args.backend, seed=args.seed,
                  selected_panels=args.selected_panels, num_grid_rows=args.num_grid_rows,
-                 aggregation=args.aggregation, format=args.format, record=args.record, dtype=args.dtype)
+                 aggregation=args.aggregation, format=args.format, record=args.record, dtype=args.dtype,
+                 threads=args.threads)
     if args.record:  # MAV wrote it beside the target and renamed it into place
         n = len(result.measurements)
         print(f"mav: saved {n} step{'s' if n != 1 else ''} to {args.record} (mav replay {args.record} shows them)",

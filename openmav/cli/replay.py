@@ -19,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="a trace file written by mav --record")
     p.add_argument("--delay", type=float, default=None,
                    help="seconds between tokens, 0 to 86400 (default: as recorded)")
-    add_view_flags(p)
+    add_view_flags(p, scale_default="auto")
     return p
 
 
@@ -60,7 +60,7 @@ def run(args) -> int:
             raise
         raise InputError(f"{args.file} names panels this openmav lacks ({exc}); pick some with --selected-panels"
                          ) from None
-    processor = StateProcessor(aggregation=args.aggregation, scale=args.scale)
+    processor = StateProcessor(aggregation=args.aggregation, scale="linear" if args.scale == "auto" else args.scale)
     delay = 0.0 if mode in ("interactive", "text", "jsonl") and args.delay is None else args.delay
     stream = replay_stream(records, processor, delay)
     title = f"mav replay · {meta.get('model', '?')}"

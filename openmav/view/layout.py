@@ -2,50 +2,111 @@
 
 The panels and the rich ``Layout`` for each grid shape are built once and reused;
 each draw only reads the size rich gives it, so a resize is followed on the next
-refresh.  When the terminal is too small for the grid, fewer panels are shown and
-a note says so.
+refresh.
+
+How the grid is chosen (:func:`grid_shape`): every panel gets at least
+:data:`MIN_PANEL_WIDTH` × :data:`MIN_PANEL_HEIGHT` cells.  Among the grids that give
+every panel that much, the one whose panels are closest to a comfortable
+:data:`COMFORT` size wins (at 80x24 the six default panels sit 2 across and 3
+down, at 200x60 3 across and 2 down).  When no grid holds every panel, panels are
+dropped from the end of the list, which is their priority order (the built-in
+order: ``generated_text``, ``top_predictions``, ``mlp_activations``,
+``attention_entropy``, ``attention``, ``logit_lens``, ``output_distribution``,
+``residual_stream``, ``head_entropy``; with ``--selected-panels`` the order given),
+and the status line names them.  The status line always says the terminal's size.
 """
 
 from __future__ import annotations
 
 import math
 
+from rich.cells import cell_len
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.layout import Layout
 from rich.text import Text
 
-MIN_PANEL_WIDTH = 24
+MIN_PANEL_WIDTH = 36
 MIN_PANEL_HEIGHT = 6
+COMFORT = (40, 12)  # a panel this size shows every built-in panel's content in full
+
+
+def _candidates(shown: int, rows: int | None):
+    if rows:
+        for r in range(min(rows, shown), 0, -1):
+            yield r
+    else:
+        yield from range(1, shown + 1)
 
 
 def grid_shape(n: int, rows: int | None, width: int, height: int) -> tuple[int, int, int]:
-    """``(rows, cols, shown)`` for ``n`` panels in ``rows`` rows (``None``: 1 row up to 3
-    panels, else 2) within ``width`` × ``height`` cells, each at least
-    ``MIN_PANEL_WIDTH`` × ``MIN_PANEL_HEIGHT``."""
+    """``(rows, cols, shown)`` for ``n`` panels within ``width`` × ``height`` cells.
+
+    ``rows`` fixes the number of rows (fewer when they would not fit); ``None`` picks
+    the grid whose smaller side, relative to :data:`COMFORT`, is largest.  Panels
+    beyond ``shown`` (the last of the list) do not fit.  When not even one panel gets
+    the minimum size, the first is shown anyway.
+    """
     if n == 0:
         return 1, 1, 0
-    rows = rows or (1 if n <= 3 else 2)
-    rows = max(1, min(rows, n))
-    cols = math.ceil(n / rows)
-    max_rows = max(1, height // MIN_PANEL_HEIGHT)
-    max_cols = max(1, width // MIN_PANEL_WIDTH)
-    if rows <= max_rows and cols <= max_cols:
-        return rows, cols, n
-    rows, cols = min(rows, max_rows), min(cols, max_cols)
-    shown = min(n, rows * cols)
-    rows = math.ceil(shown / cols)
-    return rows, cols, shown
+    for shown in range(n, 0, -1):
+        best, best_key = None, None
+        for r in _candidates(shown, rows):
+            c = math.ceil(shown / r)
+            r = math.ceil(shown / c)  # no empty row
+            w, h = width // c, height // r
+            if w < MIN_PANEL_WIDTH or h < MIN_PANEL_HEIGHT:
+                continue
+            if rows:  # the first that fits is the closest to what was asked
+                return r, c, shown
+            key = (min(w / COMFORT[0], h / COMFORT[1]), -(r * c - shown))
+            if best_key is None or key > best_key:
+                best, best_key = (r, c, shown), key
+        if best is not None:
+            return best
+    return 1, 1, 1
 
 
 class StatusLine:
-    """The one-line footer: model, token count, speed, keys."""
+    """The one-line footer: model, token, time per token, terminal size, hidden panels, keys.
+
+    :meth:`render` fits it to the width: it leaves out, in this order, the long form of
+    the keys' help, the model name, the time per token, then counts hidden panels
+    instead of naming them, and as a last resort cuts the line with ``…``.
+    """
 
     def __init__(self, text: str = ""):
-        self.text = text
+        self.text = text  # the title (``mav · model``)
+        self.token = ""
+        self.speed = ""
+        self.help = ""
+        self.short_help = ""
 
-    def render(self, note: str = "") -> Text:
-        out = Text(note + "  " if note else "", style="bold red")
-        out.append(self.text, style="dim")
+    def render(self, width: int | None = None, size: str = "", hidden: list[str] | None = None) -> Text:
+        hidden = hidden or []
+        note = "hidden: " + ", ".join(hidden) if hidden else ""
+        count = f"{len(hidden)} hidden" if hidden else ""
+        tries = [
+            (self.text, self.token, self.speed, size, note, self.help),
+            (self.text, self.token, self.speed, size, note, self.short_help),
+            (self.token, self.speed, size, note, self.short_help),
+            (self.token, size, note, self.short_help),
+            (self.token, size, count, self.short_help),
+            (self.token, size, note),
+            (self.token, size, count),
+            (size, count),
+        ]
+        for parts in tries:
+            line = " · ".join(p for p in parts if p)
+            if width is None or cell_len(line) <= width:
+                break
+        out = Text()
+        for i, part in enumerate(p for p in parts if p):
+            if i:
+                out.append(" · ", style="dim")
+            out.append(part, style="bold red" if part in (note, count) else "dim")
+        if width is not None:
+            out.truncate(width, overflow="ellipsis")
+        out.no_wrap = True
         return out
 
 
@@ -64,6 +125,16 @@ class Dashboard:
         self._pending = None
         self._layouts: dict[tuple, Layout] = {}
         self.last_shape: tuple[int, int, int] | None = None
+        self.last_size: tuple[int, int] | None = None
+
+    @property
+    def shown_panels(self) -> list:
+        """The panels of the last draw (all of them before the first)."""
+        return self.panels if self.last_shape is None else self.panels[: self.last_shape[2]]
+
+    @property
+    def hidden_panels(self) -> list:
+        return [] if self.last_shape is None else self.panels[self.last_shape[2]:]
 
     def show(self, measurements) -> None:
         self._pending = measurements
@@ -96,9 +167,14 @@ class Dashboard:
         height = options.height or console.height
         rows, cols, shown = grid_shape(len(self.panels), self.num_grid_rows, width, max(1, height - 1))
         self.last_shape = (rows, cols, shown)
+        self.last_size = (console.width, console.height)  # the terminal's, whatever region is drawn
         layout = self._layout(rows, cols, shown)
-        note = ""
-        if shown < len(self.panels):
-            note = f"{width}x{height} too small: {shown} of {len(self.panels)} panels shown"
-        layout["status"].update(self.status.render(note))
+        hidden = [_name(p) for p in self.panels[shown:]]
+        size = f"{console.width}x{console.height}"
+        layout["status"].update(self.status.render(width, size, hidden))
         yield from layout.__rich_console__(console, options.update(height=height))
+
+
+def _name(panel) -> str:
+    name = getattr(panel, "panel_name", None)
+    return name() if callable(name) else type(panel).__name__

@@ -79,6 +79,7 @@ class Refresher(threading.Thread):
 
 
 HELP = "enter/space: next token  ←/→ or p/n: back/forward  ↑/↓ or [/]: layer  ,/.: head  m: mean of heads  q: quit"
+SHORT_HELP = "⏎ next ←→ tokens ↑↓ layer ,. head m mean q quit"
 
 
 class MainLoopManager:
@@ -97,16 +98,14 @@ class MainLoopManager:
     def panels(self):
         return self.dashboard.panels
 
-    def _status(self, m, index: int | None = None, extra: str = "", end: str = "") -> None:
+    def _status(self, m, index: int | None = None, keys: bool = False, end: str = "") -> None:
         rec = getattr(m, "record", None)
-        parts = [self.title]
+        st = self.status
+        st.token = st.speed = ""
         if rec is not None:
-            shown = rec.step if index is None else index
-            parts.append(f"token {shown + 1}/{len(self.history)}{end}" if index is not None else f"token {rec.step + 1}")
-            parts.append(f"{rec.elapsed_ms:.0f} ms")
-        if extra:
-            parts.append(extra)
-        self.status.text = " · ".join(parts)
+            st.token = f"token {index + 1}/{len(self.history)}{end}" if index is not None else f"token {rec.step + 1}"
+            st.speed = f"{rec.elapsed_ms:.0f} ms/token"
+        st.help, st.short_help = (HELP, SHORT_HELP) if keys else ("", "")
 
     def show(self, m) -> None:
         """Show ``m`` at the next refresh."""
@@ -162,7 +161,7 @@ class MainLoopManager:
                     if index >= 0:
                         m = self.history[index]
                         end = " (end)" if done and index == len(self.history) - 1 else ""
-                        self._status(m, index, HELP, end)
+                        self._status(m, index, keys=True, end=end)
                         self.dashboard.show(m)
                     live.refresh()
                     key = keys.read()

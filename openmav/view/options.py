@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCALES = ("linear", "log", "minmax")
+SCALES = ("auto", "linear", "log", "minmax")
 AGGREGATIONS = ("l2", "max_abs")
 
 
 @dataclass
 class ViewOptions:
     """Drawing settings shared by the built-in panels.
+
+    ``scale`` is how the per-layer panels map values to bar lengths: ``linear``
+    (v / max), ``log`` (log1p(v) / log1p(max)), ``minmax``, or ``auto`` (the default):
+    per panel, ``log`` when its largest value is more than 10 times the median, else
+    ``linear``; the title names the scale used.
 
     ``layer`` and ``head`` select what the ``attention`` panel shows: ``layer`` is
     0-based (negative counts from the last layer, as in Python), ``head=None`` means
@@ -23,7 +28,7 @@ class ViewOptions:
 
     max_bar_length: int = 35
     limit_chars: int = 400
-    scale: str = "linear"
+    scale: str = "auto"
     aggregation: str = "l2"
     layer: int = -1
     head: int | None = None

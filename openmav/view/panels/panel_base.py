@@ -19,6 +19,9 @@ size inside the border (``height`` is ``None`` when there is no limit), and
 ``self.options`` the :class:`~openmav.view.options.ViewOptions`.  If it raises, the
 error is shown inside the panel and the run goes on.
 
+The title is drawn whole: :meth:`get_titles` may offer shorter forms (longest
+first) and the longest that fits the border is used (``self.shown_title``).
+
 ``needs`` names the captures a panel reads besides the always-present ones
 (logits, norms): ``"attention"`` (attention rows and entropies) and
 ``"logit_lens"``.  The view turns on only the captures its panels need; the
@@ -27,6 +30,7 @@ default for plugins is ``{"attention"}``.
 
 from __future__ import annotations
 
+from rich.cells import cell_len
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.panel import Panel
 from rich.segment import Segment
@@ -60,6 +64,7 @@ class PanelBase:
             self.options = ViewOptions()
         self.width = 40
         self.height: int | None = None
+        self.shown_title = ""
 
     @classmethod
     def panel_name(cls) -> str:
@@ -77,6 +82,21 @@ class PanelBase:
         """The title on the border; panels whose title depends on state override it."""
         return self.title
 
+    def get_titles(self) -> list[str]:
+        """The title and shorter forms of it, longest first (default: :meth:`get_title` only)."""
+        return [self.get_title()]
+
+    @staticmethod
+    def fitting_title(titles: list[str], panel_width: int) -> str:
+        """The first of ``titles`` that a border ``panel_width`` cells wide shows whole
+        (rich pads a title with a space each side and keeps two border cells each side),
+        else the shortest."""
+        room = panel_width - 6
+        for title in titles:
+            if cell_len(title) <= room:
+                return title
+        return min(titles, key=cell_len) if titles else ""
+
     def _content_lines(self, console: Console, options: ConsoleOptions):
         if self.measurements is None:
             content = Text("waiting for the first token…", style="dim")
@@ -91,11 +111,12 @@ class PanelBase:
         self.height = None if options.height is None else max(1, options.height - 2)
         inner = options.update(width=self.width, height=self.height)
         try:
-            title = self.get_title()
+            title = self.fitting_title(self.get_titles(), options.max_width)
             lines = self._content_lines(console, inner)
         except Exception as exc:  # a panel's bug stays inside its panel
-            title = self.title
+            title = self.fitting_title([str(self.title)], options.max_width)
             msg = Text(f"panel error: {type(exc).__name__}: {exc}", style="bold red")
             lines = console.render_lines(msg, inner, pad=True)
+        self.shown_title = title
         yield Panel(_Lines(lines), title=title, border_style=self.border_style, height=options.height,
                     expand=True)

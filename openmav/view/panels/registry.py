@@ -16,13 +16,15 @@ from .layer_panels import AttentionEntropyPanel, LogitLensPanel, MLPActivationsP
 from .panel_base import PanelBase
 from .text_panels import BuiltinPanel, GeneratedTextPanel, OutputDistributionPanel, TopPredictionsPanel
 
+# In priority order: ``all`` shows them in this order, and a terminal too small for every
+# panel drops them from the end of the list it was given (see openmav.view.layout).
 BUILTIN: dict[str, type[BuiltinPanel]] = {
     cls.name: cls
-    for cls in (GeneratedTextPanel, TopPredictionsPanel, OutputDistributionPanel, MLPActivationsPanel,
-                AttentionEntropyPanel, ResidualStreamPanel, LogitLensPanel, AttentionPanel, HeadEntropyPanel)
+    for cls in (GeneratedTextPanel, TopPredictionsPanel, MLPActivationsPanel, AttentionEntropyPanel,
+                AttentionPanel, LogitLensPanel, OutputDistributionPanel, ResidualStreamPanel, HeadEntropyPanel)
 }
-DEFAULT_PANELS = ["generated_text", "top_predictions", "output_distribution", "mlp_activations",
-                  "attention_entropy", "attention"]
+DEFAULT_PANELS = ["generated_text", "top_predictions", "mlp_activations", "attention_entropy", "attention",
+                  "output_distribution"]
 
 
 def split_names(selected) -> list[str]:
