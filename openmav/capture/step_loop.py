@@ -8,7 +8,6 @@ need eager attention, which is switched on only when attention is captured.
 from __future__ import annotations
 
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
@@ -22,6 +21,7 @@ from ..metrics import entropy, l2_norm, max_abs
 from . import fast_attention
 from .cached_forward import CachedForward
 from .hooks import CaptureHooks, attention_implementation
+from .lens import LensQueue, lens_placement
 from .records import StepRecord
 from .sampling import Sampler, SamplingConfig
 from .tokens import IncrementalDecoder, TokenTexts
@@ -29,14 +29,26 @@ from .tokens import IncrementalDecoder, TokenTexts
 
 @dataclass(frozen=True)
 class CaptureConfig:
-    """What each step records.  The logit lens costs one unembedding per layer."""
+    """What each step records.  The logit lens costs one unembedding per layer.
+
+    Where the lens runs (:mod:`openmav.capture.lens`): ``lens_in_background=None`` decides from
+    the machine (:func:`~openmav.capture.lens.lens_placement`: a worker thread when cores are
+    spare beyond torch's threads, the step loop on one core or an accelerator, else measured in
+    the first steps); ``True`` forces the worker thread (the lens of token ``t`` overlaps the
+    forward of token ``t + 1``), ``False`` the step loop.
+    ``lens_batch = n`` computes the lens of ``n`` steps in one product: records then arrive
+    ``n`` at a time, in order, each with its lens; for consumers that do not show each token as it
+    comes (JSON lines, recordings, maps, the API's records).  ``1`` (the live view) gives every
+    record with its own lens at once.
+    """
 
     attention: bool = True
     prompt_attention: bool = True
     logit_lens: bool = True
     lens_top_k: int = 5
     top_k: int = 20
-    lens_in_background: bool = True  # overlap the lens of token t with the forward of token t + 1
+    lens_in_background: bool | None = None
+    lens_batch: int = 1
 
 
 def attention_rows_implementation(lm: LoadedModel) -> str:
@@ -113,10 +125,10 @@ def generate_steps(lm: LoadedModel, prompt: str | None = None, max_new_tokens: i
     Pass ``prompt`` (text) or ``input_ids`` (``[1, P]``).  Hooks are attached only for
     the duration of the generator and removed on exit, error or abandonment.
 
-    With the logit lens on (and ``capture.lens_in_background``), the lens of token
-    ``t`` is computed on a worker thread while the forward of token ``t + 1`` runs,
-    so record ``t`` is yielded once that forward is done: the numbers are the same,
-    they arrive one forward later.
+    With the logit lens on in the background, the lens of token ``t`` is computed on a
+    worker thread while the forward of token ``t + 1`` runs, so record ``t`` is yielded
+    once that forward is done; with ``capture.lens_batch = n``, records are yielded ``n``
+    at a time.  The numbers are the same wherever and however the lens is computed.
     """
     if max_new_tokens < 1:
         raise InputError(f"max new tokens must be >= 1, got {max_new_tokens}")
@@ -133,9 +145,13 @@ def generate_steps(lm: LoadedModel, prompt: str | None = None, max_new_tokens: i
     ids = input_ids
     impl = attention_rows_implementation(lm) if capture.attention and parts.has_attention else None
     forward = CachedForward(model, stateless=not parts.cached_steps, output_attentions=impl is not None)
-    pool = ThreadPoolExecutor(1, thread_name_prefix="openmav-lens") \
-        if capture.logit_lens and capture.lens_in_background else None
-    with torch.inference_mode(), attention_implementation(model, impl), _shutdown(pool), \
+    lens = None
+    if capture.logit_lens:
+        background = capture.lens_in_background
+        if background is None:
+            background = lens_placement(lm.device)
+        lens = LensQueue(lm, capture.lens_top_k, capture.lens_batch, background, texts)
+    with torch.inference_mode(), attention_implementation(model, impl), _closing(lens), \
             CaptureHooks(parts, attention=capture.attention) as hooks:
         hooks.full_pattern = capture.attention and capture.prompt_attention
         fast_attention.STATE.full = hooks.full_pattern  # the prefill's whole pattern only when it is shown
@@ -156,31 +172,27 @@ def generate_steps(lm: LoadedModel, prompt: str | None = None, max_new_tokens: i
             tokens.append(texts.get(token_id))
             record.elapsed_ms = (time.perf_counter() - start) * 1000
             last = finished and (stop_at_eos or step == max_new_tokens - 1)
-            background = pool is not None and not last
-            if capture.logit_lens:
-                resid = hooks.stacked("resid")[:, 0]  # a new tensor: the hooks' slots are refilled next step
-                if background:
-                    lens = pool.submit(_lens_top, lm, resid, capture.lens_top_k)
-                else:
-                    _fill_lens(lm, record, _lens_top(lm, resid, capture.lens_top_k))
-            if not background:
+            if lens is None:
                 yield record
+            else:
+                # hooks.stacked makes a new tensor: the hooks' slots are refilled by the next forward
+                yield from lens.push(record, hooks.stacked("resid")[:, 0], raw)
                 if last:
-                    return
+                    yield from lens.flush()
+            if last:
+                return
             start = time.perf_counter()
             logits = forward(ids[:, -1:]).logits[0, -1]
-            if background:
-                _fill_lens(lm, record, lens)  # computed while the forward above ran
-                yield record
 
 
 @contextmanager
-def _shutdown(pool):
+def _closing(lens: LensQueue | None):
+    """Stop the lens worker however the generator ends (exhausted, closed, abandoned or failed)."""
     try:
         yield
     finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+        if lens is not None:
+            lens.close()
 
 
 def _eos_ids(lm: LoadedModel) -> list[int]:
@@ -229,19 +241,3 @@ def _build_record(lm, hooks: CaptureHooks, capture: CaptureConfig, raw: torch.Te
             ent[missing] = float("nan")
         record.attention_entropy = _np(ent)
     return record
-
-
-def _lens_top(lm, resid: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-``k`` ids and probabilities of the logit lens of each row of ``resid [L, d]``."""
-    with torch.inference_mode():  # inference mode is per thread
-        logits = logit_lens(lm, resid).float()
-        top = torch.topk(logits, k)
-        probs = torch.exp(top.values - torch.logsumexp(logits, -1, keepdim=True))
-        return top.indices, probs
-
-
-def _fill_lens(lm, record: StepRecord, lens) -> None:
-    ids, probs = lens.result() if isinstance(lens, Future) else lens
-    record.lens_ids = ids.cpu().numpy()
-    record.lens_probs = _np(probs)
-    record.lens_tokens = tuple(tuple(token_texts(lm).many(row)) for row in record.lens_ids)

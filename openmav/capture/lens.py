@@ -1,0 +1,239 @@
+"""The logit lens of the step loop: one product per step or per batch of steps, run where it costs least.
+
+The lens of a step is ``softmax(lens(resid_l))`` for every layer ``l``, ``lm.parts.lens``
+being the model's own final norm, unembedding and logit transform.  Its cost is one
+``[rows, d_model] x [d_model, vocab]`` product; everything else (top-k, the
+normaliser) is a pass over its output.  Three things keep it at that floor:
+
+- **one product for many steps**: with ``CaptureConfig.lens_batch = n`` the residuals
+  of ``n`` steps go through one ``[n * layers, d] x [d, vocab]`` product.  A single
+  step's product reads the whole unembedding for a few dozen rows (bound by memory
+  bandwidth); a batch reads it once for all of them (bound by arithmetic);
+- **nothing recomputed**: the last layer's lens *is* the model's next-token
+  distribution, which the record already holds (its top-k of the softmax), so once
+  a model has shown that the hooks' last residual gives its logits
+  (:func:`last_layer_is_logits`), the last layer is left out of the product and
+  copied from the record;
+- **top-k without a sort**: ``torch.topk`` (a selection), then the softmax
+  normaliser in place on the product's output, from the top-1 value already selected;
+  probabilities are computed for the ``k`` kept ids only.
+
+Where it runs (:func:`lens_placement`), with ``CaptureConfig.lens_in_background=None``:
+
+- on a worker thread when the cores beyond the step loop's torch threads can hold the
+  worker's own pool (it takes as many threads: ``torch.set_num_threads`` is process-wide,
+  so the worker cannot take fewer);
+- on one core, or on an accelerator (the lens is queued on the device after the forward
+  and the loop only waits for ``k`` ids per layer), in the step loop;
+- otherwise (say 2 cores, torch's 2 threads) whether the worker fights the step loop or
+  fills the cycles a one-token forward leaves idle depends on the machine and on what else
+  runs on it, so a per-step lens is *measured*: after the first step, three steps run with
+  the lens in the loop and three with it on the worker, and the rest of the generation
+  takes the faster (median time per token).  A batched lens keeps every core busy on its
+  own, so without spare cores it stays in the loop.
+
+``bench/bench_peers.py`` measures every placement side by side.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the platform has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def lens_placement(device: torch.device | str | None = None) -> bool | None:
+    """``True``: the lens runs on a worker thread; ``False``: in the step loop; ``None``: measure
+    both in the first steps (see the module's doc)."""
+    if device is not None and torch.device(device).type != "cpu":
+        return False
+    cores, threads = available_cores(), torch.get_num_threads()
+    if cores - threads >= threads:
+        return True
+    if cores < 2:
+        return False
+    return None
+
+
+TRIAL_STEPS = 3  # steps timed in each placement when the placement is measured
+_clock = time.perf_counter
+
+
+def lens_top(lm, resid: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``k`` ids ``[n, k]`` and probabilities ``[n, k]`` of the logit lens of each row of ``resid [n, d]``:
+    one product through the model's final norm and unembedding, a top-k selection, one normaliser."""
+    with torch.inference_mode():  # inference mode is per thread
+        logits = lm.parts.lens(resid)
+        if logits.dtype != torch.float32:
+            logits = logits.float()
+        k = min(k, logits.shape[-1])
+        top = torch.topk(logits, k)  # a selection: no sort of the vocabulary
+        # the softmax normaliser, in place on the product's own output (no [rows, vocab] temporaries);
+        # the row maximum is the top-1 value already selected
+        peak = top.values[:, :1]
+        total = logits.sub_(peak).exp_().sum(-1, keepdim=True)
+        probs = torch.exp(top.values - peak - torch.log(total))
+        return top.indices, probs
+
+
+class _Batch:
+    """Records waiting for one lens product, and the product's rows (``rows[i]`` rows per record)."""
+
+    def __init__(self, records: list, rows: list[int], reuse: list[bool]):
+        self.records, self.rows, self.reuse = records, rows, reuse
+        self.result: Future | tuple | None = None
+
+
+class LensQueue:
+    """Attaches the logit lens to step records and hands them back in order.
+
+    ``push(record, resid, logits)`` queues a record with its residuals ``[L, d]`` and
+    returns the records whose lens is now attached, oldest first; ``flush()`` returns
+    the rest at the end.  With ``batch = 1`` inline, every record comes back
+    from the ``push`` that queued it; with ``batch = n``, records come back ``n`` at a
+    time.  In the background, a batch is computed while the step loop runs the next
+    forwards and handed back when the next batch is queued (so ``batch = 1`` hands record
+    ``t`` back after the forward of token ``t + 1``, and memory holds two batches at most).
+
+    ``background=None`` measures the placement of a per-step lens (``batch = 1``) in the
+    first steps and keeps the faster; the records and their numbers are the same either way.
+    """
+
+    def __init__(self, lm, k: int, batch: int = 1, background: bool | None = False, texts=None, clock=None):
+        if batch < 1:
+            raise ValueError(f"lens batch must be >= 1, got {batch}")
+        self.lm, self.k, self.batch, self.texts = lm, k, batch, texts
+        self.measuring = background is None and batch == 1
+        self.background = bool(background)
+        self.pool: ThreadPoolExecutor | None = None  # started on the first background batch
+        self.pending: list = []  # (record, resid rows, reused last layer?) not yet in a batch
+        self.batches: deque[_Batch] = deque()
+        self.clock = clock or _clock
+        self.pushes = 0
+        self.last_push: float | None = None
+        self.step_ms: dict[bool, list[float]] = {False: [], True: []}  # time per token, by placement
+        self.decision: str | None = None  # how the placement was measured, once it was
+
+    # -- queueing --------------------------------------------------------------------------------------
+    def push(self, record, resid: torch.Tensor, logits: torch.Tensor) -> list:
+        """Queue ``record`` (its residuals ``resid [L, d]``, its logits ``[V]``); return the records now ready."""
+        if self.measuring:
+            self._measure()
+        reuse = self.k <= len(record.top_ids) and last_layer_is_logits(self.lm, resid, logits)
+        self.pending.append((record, resid[:-1] if reuse else resid, reuse))
+        if len(self.pending) < self.batch:
+            return []
+        if self.background:
+            done = self._collect()  # the previous batch ran while this one was filled
+            self._submit()
+            return done
+        self._submit()
+        return self._collect()
+
+    def flush(self) -> list:
+        """Compute what is queued and return every record still waiting, in order."""
+        if self.pending:
+            self._submit()
+        return self._collect()
+
+    def close(self) -> None:
+        """Stop the worker (cancelling what has not started) and wait for it to end."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
+
+    def __enter__(self) -> "LensQueue":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- measuring the placement ------------------------------------------------------------------------
+    def _measure(self) -> None:
+        """Time each token from push to push and keep the faster placement.  The time from push ``t``
+        to push ``t + 1`` holds the work done at push ``t`` (the lens in the loop, or waiting for the
+        worker's previous lens) and one forward.  Pushes 1-3 are timed with the lens in the loop;
+        push 4 starts the worker (its time holds no wait) and pushes 5-7 are timed on it; push 8
+        decides.  Push 0 also checks the last layer (:func:`last_layer_is_logits`): not timed."""
+        now = self.clock()
+        if self.pushes > 1:
+            placed = self.background  # where the lens of the previous push ran
+            if not placed or self.pushes > TRIAL_STEPS + 2:
+                self.step_ms[placed].append((now - self.last_push) * 1000)
+        self.last_push = now
+        self.pushes += 1
+        loop, worker = self.step_ms[False], self.step_ms[True]
+        if len(worker) >= TRIAL_STEPS:
+            a, b = statistics.median(loop), statistics.median(worker)
+            self.background = b < a
+            self.measuring = False
+            self.decision = (f"{'worker thread' if self.background else 'step loop'} (measured: {b:.1f} ms/token "
+                             f"with the lens on a worker thread, {a:.1f} in the step loop)")
+            self.lm.extra["lens_placement"] = self.decision
+        elif len(loop) >= TRIAL_STEPS:
+            self.background = True
+
+    # -- computing --------------------------------------------------------------------------------------
+    def _submit(self) -> None:
+        records, rows, reuse = zip(*self.pending)
+        self.pending = []
+        batch = _Batch(list(records), [r.shape[0] for r in rows], list(reuse))
+        stacked = rows[0] if len(rows) == 1 else torch.cat(rows)  # [sum of rows, d]: one product
+        if self.background:
+            if self.pool is None:
+                self.pool = ThreadPoolExecutor(1, thread_name_prefix="openmav-lens")
+            batch.result = self.pool.submit(lens_top, self.lm, stacked, self.k)
+        else:
+            batch.result = lens_top(self.lm, stacked, self.k)
+        self.batches.append(batch)
+
+    def _collect(self) -> list:
+        out = []
+        while self.batches:
+            out.extend(self._finish(self.batches.popleft()))
+        return out
+
+    def _finish(self, batch: _Batch) -> list:
+        ids, probs = batch.result.result() if isinstance(batch.result, Future) else batch.result
+        ids, probs = ids.cpu().numpy(), probs.float().cpu().numpy()
+        start = 0
+        for record, n, reused in zip(batch.records, batch.rows, batch.reuse):
+            rid, rprob = ids[start:start + n], probs[start:start + n]
+            start += n
+            if reused:  # the last layer: the record's own top-k of the model's distribution
+                rid = np.concatenate([rid, record.top_ids[None, :self.k]])
+                rprob = np.concatenate([rprob, record.top_probs[None, :self.k].astype(np.float32)])
+            record.lens_ids = rid
+            record.lens_probs = rprob
+            if self.texts is not None:
+                record.lens_tokens = tuple(tuple(self.texts.many(row)) for row in rid.tolist())
+        return batch.records
+
+
+def last_layer_is_logits(lm, resid: torch.Tensor, logits: torch.Tensor) -> bool:
+    """Whether the lens of the last layer's residual is the model's own logits, so the record's
+    distribution can stand for it.  Checked once per loaded model (one single-row product) and kept
+    in ``lm.extra``: it is a property of where the hooks read, not of the input."""
+    known = lm.extra.get("lens_last_is_logits")
+    if known is None:
+        with torch.inference_mode():
+            lens = lm.parts.lens(resid[-1:])[0].float()
+        model = logits.float()
+        scale = float(model.abs().max()) if model.numel() else 1.0
+        known = lens.shape == model.shape and bool(torch.allclose(lens, model, rtol=0, atol=1e-4 * max(scale, 1.0)))
+        lm.extra["lens_last_is_logits"] = known
+    return known
+

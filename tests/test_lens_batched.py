@@ -1,0 +1,253 @@
+"""The logit lens wherever it runs: batched over steps, on a worker thread or inline, the numbers are the same.
+
+Speed is measured in ``bench/bench_peers.py``; these tests check what the speed work could
+break: equal lens values, records in order each with its own lens, the newest token's lens
+arriving promptly for the live view, and no thread left behind by an interrupted generation.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from openmav.capture import CaptureConfig, generate_steps
+from openmav.capture import lens as lens_mod
+from openmav.capture.hooks import attention_implementation
+from openmav.capture.lens import LensQueue, lens_placement, lens_top
+
+PROMPT = "When Mary and John went to the store, John gave"
+FAMILIES = ["llama", "gpt2", "gemma3", "gpt_neox", "mixtral"]
+# (in the background?, steps per lens product)
+PLACES = [(False, 4), (True, 1), (True, 3)]
+
+
+def lens_threads():
+    return [t for t in threading.enumerate() if t.name.startswith("openmav-lens")]
+
+
+def records(lm, n=7, **capture):
+    return list(generate_steps(lm, PROMPT, n, stop_at_eos=False, capture=CaptureConfig(**capture)))
+
+
+def assert_same_lens(expected, got):
+    assert [r.step for r in got] == [r.step for r in expected]
+    assert [r.token.id for r in got] == [r.token.id for r in expected]
+    for a, b in zip(expected, got):
+        assert b.lens_ids.shape == a.lens_ids.shape
+        assert b.lens_ids.tolist() == a.lens_ids.tolist()
+        np.testing.assert_allclose(b.lens_probs, a.lens_probs, atol=1e-6, rtol=0)
+        assert [[t.id for t in row] for row in b.lens_tokens] == b.lens_ids.tolist()
+
+
+@pytest.fixture(autouse=True)
+def no_thread_left():
+    yield
+    assert not lens_threads(), "a lens worker thread outlived its generation"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_batched_and_background_lens_equal_inline(tiny, family):
+    lm = tiny(family)
+    inline = records(lm, lens_in_background=False, lens_batch=1)
+    assert all(r.lens_ids.shape == (lm.parts.n_layers, 5) for r in inline)
+    for background, batch in PLACES:
+        assert_same_lens(inline, records(lm, lens_in_background=background, lens_batch=batch))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_lens_equals_a_recomputation_from_the_residuals(tiny, family):
+    """Every layer's lens (the last one copied from the record's own distribution) equals the
+    model's final norm and unembedding applied to the hooks' residuals, one product per step."""
+    lm = tiny(family)
+    got = records(lm, n=4, lens_in_background=False, lens_batch=2)
+    prompt_ids = lm.tokenizer(PROMPT, return_tensors="pt").input_ids
+    ids = torch.cat([prompt_ids, torch.tensor([[r.token.id for r in got]])], 1)
+    with torch.inference_mode(), attention_implementation(lm.model, "eager"):
+        out = lm.model(input_ids=ids[:, :-1], output_hidden_states=True, use_cache=False)
+    for r in got:
+        # hidden_states[l + 1] is block l's output, except the last, which some models return normed
+        resid = torch.stack([out.hidden_states[i + 1][0, r.position] for i in range(lm.parts.n_layers - 1)])
+        with torch.inference_mode():
+            lens = torch.softmax(lm.parts.lens(resid).double(), -1)  # independent of lens_top's arithmetic
+        top = torch.topk(lens, 5)
+        assert r.lens_ids[:-1].tolist() == top.indices.tolist()
+        np.testing.assert_allclose(r.lens_probs[:-1], top.values.numpy(), atol=1e-5)
+        model = torch.softmax(out.logits[0, r.position].float(), -1)
+        assert r.lens_ids[-1].tolist() == torch.topk(model, 5).indices.tolist()
+        np.testing.assert_allclose(r.lens_probs[-1], torch.topk(model, 5).values.numpy(), atol=1e-5)
+
+
+def test_lens_top_is_the_softmax_top_k(tiny):
+    """The in-place normaliser gives the softmax's probabilities (1e-6), on rows far apart in scale."""
+    lm = tiny("gemma3")  # final soft-capping, a scaled embedding
+    d = lm.parts.unembed.weight.shape[1]
+    resid = torch.randn(6, d, generator=torch.Generator().manual_seed(0)) * torch.tensor([[0.1], [1], [10], [100],
+                                                                                         [1e3], [1e4]])
+    ids, probs = lens_top(lm, resid, 7)
+    with torch.inference_mode():
+        ref = torch.topk(torch.softmax(lm.parts.lens(resid).double(), -1), 7)
+    assert ids.tolist() == ref.indices.tolist()
+    np.testing.assert_allclose(probs.numpy(), ref.values.numpy(), atol=1e-6, rtol=0)
+    assert ids.dtype == torch.int64 and probs.dtype == torch.float32
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_the_last_layer_copied_from_the_record_equals_its_product(tiny, family):
+    lm = tiny(family)
+    reused = records(lm, n=4, lens_in_background=False)
+    assert lm.extra["lens_last_is_logits"] is True
+    lm.extra["lens_last_is_logits"] = False  # the product for every layer, the last included
+    try:
+        computed = records(lm, n=4, lens_in_background=False)
+    finally:
+        lm.extra["lens_last_is_logits"] = True
+    assert_same_lens(computed, reused)
+
+
+@pytest.mark.parametrize("background,batch", [(False, 1), (False, 3), (True, 1), (True, 3)])
+def test_records_arrive_in_order_each_with_its_lens(tiny, background, batch):
+    lm = tiny("llama")
+    forwards = []
+    handle = lm.model.register_forward_hook(lambda *_: forwards.append(1))
+    try:
+        seen = []
+        gen = generate_steps(lm, PROMPT, 8, stop_at_eos=False,
+                             capture=CaptureConfig(lens_in_background=background, lens_batch=batch))
+        for r in gen:
+            assert r.lens_ids is not None and r.lens_probs is not None and r.lens_tokens is not None
+            seen.append((r.step, len(forwards)))
+    finally:
+        handle.remove()
+    assert [s for s, _ in seen] == list(range(8))
+    n = len(forwards)  # the prefill and one forward per generated token but the last
+    assert n == 8
+    for step, done in seen:
+        if batch == 1 and not background:
+            assert done == step + 1  # the live view: the newest token's lens before the next forward
+        elif batch == 1:
+            assert done == min(step + 2, n)  # one forward later: its lens ran beside that forward
+        else:
+            assert done <= min((step // batch + 1 + background) * batch + 1, n)
+
+
+def test_the_lens_of_a_short_generation_and_of_one_ending_at_eos(tiny):
+    lm = tiny("llama")
+    one = records(lm, n=1, lens_in_background=True, lens_batch=4)
+    assert len(one) == 1 and one[0].lens_ids.shape[0] == lm.parts.n_layers
+    eos = lm.tokenizer.eos_token_id
+    gen = list(generate_steps(lm, PROMPT, 6, capture=CaptureConfig(lens_batch=4, lens_in_background=True)))
+    assert all(r.lens_ids is not None for r in gen)
+    assert gen[-1].finished and (len(gen) == 6 or gen[-1].token.id == eos)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_an_interrupted_generation_leaves_no_thread(tiny, batch):
+    lm = tiny("gpt2")
+    before = set(threading.enumerate())
+    capture = CaptureConfig(lens_in_background=True, lens_batch=batch)
+    gen = generate_steps(lm, PROMPT, 20, stop_at_eos=False, capture=capture)
+    for _ in range(2):
+        next(gen)
+    assert lens_threads(), "the lens was meant to run on a worker thread here"
+    gen.close()  # the consumer stops (Ctrl-C in a view closes the generator)
+    assert not lens_threads()
+    with pytest.raises(KeyboardInterrupt):
+        for r in generate_steps(lm, PROMPT, 20, stop_at_eos=False, capture=capture):
+            if r.step == 4:
+                raise KeyboardInterrupt
+    assert not lens_threads()
+    gen = generate_steps(lm, PROMPT, 20, stop_at_eos=False, capture=capture)
+    next(gen)
+    next(gen)
+    del gen  # abandoned: neither closed nor exhausted
+    gc.collect()
+    assert not lens_threads()
+    assert set(threading.enumerate()) <= before
+
+
+def test_a_failing_lens_fails_the_generation_and_stops_the_worker(tiny, monkeypatch):
+    lm = tiny("llama")
+
+    def broken(*args):
+        raise RuntimeError("lens failed")
+
+    monkeypatch.setattr(lens_mod, "lens_top", broken)
+    with pytest.raises(RuntimeError, match="lens failed"):
+        records(lm, n=6, lens_in_background=True, lens_batch=2)
+    assert not lens_threads()
+
+
+def test_placement_follows_the_spare_cores(monkeypatch):
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(lens_mod, "available_cores", lambda: 2 * threads)
+    assert lens_placement("cpu") is True  # the worker's pool fits beside the loop's
+    monkeypatch.setattr(lens_mod, "available_cores", lambda: 1)
+    assert lens_placement("cpu") is False  # one core: nothing to overlap
+    monkeypatch.setattr(lens_mod, "available_cores", lambda: max(2, threads))
+    assert lens_placement("cpu") is None  # torch's threads fill the machine: measured in the first steps
+    assert lens_placement("cuda") is False  # queued on the device after the forward
+
+
+def queue_records(lm, n):
+    """Records without a lens, with their residuals and logits, to feed a LensQueue by hand."""
+    recs = records(lm, n=n, logit_lens=False)
+    gen = torch.Generator().manual_seed(1)
+    d = lm.parts.unembed.weight.shape[1]
+    return [(r, torch.randn(lm.parts.n_layers, d, generator=gen), torch.from_numpy(r.logits)) for r in recs]
+
+
+@pytest.mark.parametrize("loop_ms,worker_ms,expected", [(20.0, 12.0, True), (12.0, 20.0, False)])
+def test_a_measured_placement_keeps_the_faster(tiny, loop_ms, worker_ms, expected):
+    lm = tiny("llama")
+    items = queue_records(lm, 12)
+    now = [0.0]
+    queue = LensQueue(lm, 5, batch=1, background=None, clock=lambda: now[0])
+    out, placements = [], []
+    try:
+        for i, (record, resid, logits) in enumerate(items):
+            placements.append(queue.background)
+            out += queue.push(record, resid, logits)
+            now[0] += (worker_ms if queue.background else loop_ms) / 1000  # the time until the next push
+        out += queue.flush()
+    finally:
+        queue.close()
+    assert placements[1:4] == [False] * 3 and queue.step_ms[False] == pytest.approx([loop_ms] * 3)
+    assert placements[5:8] == [True] * 3 and queue.step_ms[True] == pytest.approx([worker_ms] * 3)
+    assert queue.background is expected and not queue.measuring
+    assert set(placements[9:]) == {expected}
+    assert lm.extra["lens_placement"].startswith("worker thread" if expected else "step loop")
+    assert [r.step for r in out] == list(range(12))  # in order across both switches
+    direct = LensQueue(lm, 5, batch=1, background=False)
+    expected_lens = [direct.push(r, x, g)[0] for r, x, g in queue_records(lm, 12)]
+    for a, b in zip(expected_lens, out):
+        assert a.lens_ids.tolist() == b.lens_ids.tolist()
+        np.testing.assert_allclose(a.lens_probs, b.lens_probs, atol=1e-6, rtol=0)
+
+
+def test_the_default_places_the_lens_as_the_machine_says(tiny, monkeypatch):
+    lm = tiny("llama")
+    inline = records(lm, n=12, lens_in_background=False)
+    monkeypatch.setattr(lens_mod, "available_cores", lambda: 1)
+    gen = generate_steps(lm, PROMPT, 5, stop_at_eos=False)
+    next(gen)
+    assert not lens_threads()  # one core: in the step loop, no worker thread
+    gen.close()
+    monkeypatch.setattr(lens_mod, "available_cores", lambda: 2 * torch.get_num_threads())
+    gen = generate_steps(lm, PROMPT, 5, stop_at_eos=False)
+    next(gen)
+    assert lens_threads()  # spare cores: on the worker from the first step
+    gen.close()
+    monkeypatch.setattr(lens_mod, "available_cores", lambda: max(2, torch.get_num_threads()))
+    lm.extra.pop("lens_placement", None)
+    measured = records(lm, n=12)  # the first steps try both placements, then keep one
+    assert lm.extra["lens_placement"].split(" (")[0] in ("worker thread", "step loop")
+    assert_same_lens(inline, measured)
+
+
+def test_a_batch_below_one_is_refused(tiny):
+    with pytest.raises(ValueError, match="lens batch"):
+        LensQueue(tiny("llama"), 5, batch=0)
