@@ -14,7 +14,8 @@ normaliser) is a pass over its output.  Three things keep it at that floor:
   a model has shown that the hooks' last residual gives its logits
   (:func:`last_layer_is_logits`), the last layer is left out of the product and
   copied from the record;
-- **top-k without a sort**: ``torch.topk`` (a selection), then the softmax
+- **top-k without a sort**: :func:`top_k`, a selection that reads the vocabulary once
+  (block maxima, then the few blocks that can hold the top ``k``), then the softmax
   normaliser in place on the product's output, from the top-1 value already selected;
   probabilities are computed for the ``k`` kept ids only.
 
@@ -27,8 +28,8 @@ Where it runs (:func:`lens_placement`), with ``CaptureConfig.lens_in_background=
   and the loop only waits for ``k`` ids per layer), in the step loop;
 - otherwise (say 2 cores, torch's 2 threads) whether the worker fights the step loop or
   fills the cycles a one-token forward leaves idle depends on the machine and on what else
-  runs on it, so a per-step lens is *measured*: after the first step, three steps run with
-  the lens in the loop and three with it on the worker, and the rest of the generation
+  runs on it, so a per-step lens is *measured*: after the first step, four steps are timed
+  with the lens in the loop and four with it on the worker, and the rest of the generation
   takes the faster (median time per token).  A batched lens keeps every core busy on its
   own, so without spare cores it stays in the loop.
 
@@ -68,7 +69,7 @@ def lens_placement(device: torch.device | str | None = None) -> bool | None:
     return None
 
 
-TRIAL_STEPS = 3  # steps timed in each placement when the placement is measured
+TRIAL_STEPS = 4  # steps timed in each placement when the placement is measured
 _clock = time.perf_counter
 
 
@@ -79,14 +80,37 @@ def lens_top(lm, resid: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tenso
         logits = lm.parts.lens(resid)
         if logits.dtype != torch.float32:
             logits = logits.float()
-        k = min(k, logits.shape[-1])
-        top = torch.topk(logits, k)  # a selection: no sort of the vocabulary
+        top = top_k(logits, min(k, logits.shape[-1]))
         # the softmax normaliser, in place on the product's own output (no [rows, vocab] temporaries);
         # the row maximum is the top-1 value already selected
         peak = top.values[:, :1]
         total = logits.sub_(peak).exp_().sum(-1, keepdim=True)
         probs = torch.exp(top.values - peak - torch.log(total))
         return top.indices, probs
+
+
+CHUNK = 1024  # vocabulary entries per block in :func:`top_k`'s first pass
+
+
+def top_k(logits: torch.Tensor, k: int):
+    """``torch.topk(logits, k)`` over the last dimension of ``[rows, vocab]``, in two passes that read
+    the vocabulary once: the maximum of each block of ``CHUNK`` entries, then a selection among the
+    ``k`` blocks with the largest maxima (and the tail that fills no block).  Exact: an entry outside
+    those blocks is beaten by the ``k`` block maxima, so it is not among the top ``k``."""
+    rows, vocab = logits.shape
+    blocks = vocab // CHUNK
+    if blocks <= 2 * k:
+        return torch.topk(logits, k)
+    body = logits[:, :blocks * CHUNK].unflatten(-1, (blocks, CHUNK))  # a view
+    best = torch.topk(body.amax(-1), k).indices  # [rows, k] blocks
+    cand = torch.gather(body, 1, best[:, :, None].expand(rows, k, CHUNK)).flatten(1)
+    where = (best[:, :, None] * CHUNK + torch.arange(CHUNK, device=logits.device)).flatten(1)
+    if vocab > blocks * CHUNK:
+        tail = torch.arange(blocks * CHUNK, vocab, device=logits.device).expand(rows, -1)
+        cand = torch.cat([cand, logits[:, blocks * CHUNK:]], 1)
+        where = torch.cat([where, tail], 1)
+    top = torch.topk(cand, k)
+    return torch.return_types.topk((top.values, torch.gather(where, 1, top.indices)))
 
 
 class _Batch:
@@ -165,13 +189,14 @@ class LensQueue:
     def _measure(self) -> None:
         """Time each token from push to push and keep the faster placement.  The time from push ``t``
         to push ``t + 1`` holds the work done at push ``t`` (the lens in the loop, or waiting for the
-        worker's previous lens) and one forward.  Pushes 1-3 are timed with the lens in the loop;
-        push 4 starts the worker (its time holds no wait) and pushes 5-7 are timed on it; push 8
-        decides.  Push 0 also checks the last layer (:func:`last_layer_is_logits`): not timed."""
+        worker's previous lens) and one forward.  Pushes 1-4 are timed with the lens in the loop;
+        pushes 5 and 6 start the worker (the first holds no wait, the second the new thread's first
+        product, which starts its torch pool) and pushes 7-10 are timed on it; push 11 decides.
+        Push 0 also checks the last layer (:func:`last_layer_is_logits`): not timed."""
         now = self.clock()
         if self.pushes > 1:
             placed = self.background  # where the lens of the previous push ran
-            if not placed or self.pushes > TRIAL_STEPS + 2:
+            if not placed or self.pushes > TRIAL_STEPS + 3:
                 self.step_ms[placed].append((now - self.last_push) * 1000)
         self.last_push = now
         self.pushes += 1
