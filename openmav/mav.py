@@ -99,7 +99,7 @@ def torch_threads(threads: int | None):
         torch.set_num_threads(previous)
 
 
-def _load_backend(model, device, seed, model_obj, tokenizer_obj, dtype, backend):
+def _load_backend(model, device, seed, model_obj, tokenizer_obj, dtype, backend, placement=None):
     """The backend, loaded: on a terminal with one progress line of ours (on stderr, gone when
     done); transformers' own progress bars are silenced either way."""
     from .backends.model_backend_transformers import TransformersBackend
@@ -110,7 +110,7 @@ def _load_backend(model, device, seed, model_obj, tokenizer_obj, dtype, backend)
     name = model if model_obj is not None else (model or default_model_name())
     err = _console(stderr=True)
     be = TransformersBackend(name, device=device, seed=seed, model_obj=model_obj, tokenizer_obj=tokenizer_obj,
-                             dtype=dtype)
+                             dtype=dtype, **(placement or {}))
     if err.is_terminal:
         with err.status(f"loading {_short(name)}…", spinner="dots") as status:
             be.progress = lambda msg: status.update(msg + "…")
@@ -193,7 +193,8 @@ def MAV(model: str | None = None, prompt: str | None = None, max_new_tokens: int
         scale: str = "auto", backend: str = "transformers", seed: int | None = 42, model_obj=None,
         tokenizer_obj=None, selected_panels=None, num_grid_rows: int | None = None, external_panels=None,
         aggregation: str = "l2", format: str = "auto", record: str | None = None, dtype: str = "float32",
-        console=None, keys=None, threads: int | None = None) -> MAVResult:
+        console=None, keys=None, threads: int | None = None, device_map=None, offload_folder: str | None = None,
+        quantization: str | None = None) -> MAVResult:
     """Run the live view on ``model`` (default: the bundled SmolLM2-135M) continuing ``prompt``.
 
     ``temp`` 0 is greedy; ``top_k``/``top_p``/``min_p``/``repetition_penalty`` act as in
@@ -204,6 +205,8 @@ def MAV(model: str | None = None, prompt: str | None = None, max_new_tokens: int
     :mod:`openmav.capture.trace`).  ``scale``: ``auto`` (per panel, log when one layer
     dominates, else linear), ``linear``, ``log`` or ``minmax``.  ``threads``: torch
     intra-op threads for the run (default :func:`default_threads`), restored afterwards.
+    ``device_map``/``offload_folder``/``quantization``: as
+    :func:`~openmav.backends.loading.load_model` (a model bigger than one device, 8/4-bit).
     Returns a :class:`MAVResult`.
     """
     from .processors.state_fetcher import StateFetcher
@@ -227,7 +230,8 @@ def MAV(model: str | None = None, prompt: str | None = None, max_new_tokens: int
     if mode == "interactive" and keys is None and not sys.stdin.isatty():
         raise InputError("--interactive needs a terminal (stdin is not one)")
     with torch_threads(default_threads() if threads is None else threads):
-        be = _load_backend(model, device, seed, model_obj, tokenizer_obj, dtype, backend)
+        be = _load_backend(model, device, seed, model_obj, tokenizer_obj, dtype, backend,
+                           {"device_map": device_map, "offload_folder": offload_folder, "quantization": quantization})
         # the panels scale per panel themselves; the processor's *_normalized fields (for plugins) stay linear
         fetcher = StateFetcher(be, max_new_tokens, aggregation, "linear" if scale == "auto" else scale,
                                capture_config(panels, record_everything=False))

@@ -93,7 +93,8 @@ def test_mav_maps_with_a_device_map(saved, tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA machine may have bitsandbytes")
-@pytest.mark.parametrize("command", [["maps", "--prompt", "hi", "--output-dir", "out"], ["serve"]])
+@pytest.mark.parametrize("command", [["maps", "--prompt", "hi", "--output-dir", "out"], ["serve"], [],
+                                     ["compare", "--mode", "custom", "--prompts", "a b", "c d"]])
 @pytest.mark.parametrize("flag", ["--load-in-8bit", "--load-in-4bit"])
 def test_quantized_flags_without_cuda_are_one_line(command, flag, capsys, tmp_path, monkeypatch):
     from openmav.cli import main
@@ -102,3 +103,75 @@ def test_quantized_flags_without_cuda_are_one_line(command, flag, capsys, tmp_pa
     assert main([*command, flag]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "needs" in err[0] and flag in err[0]
+
+
+def _whole_model_attention(whole):
+    return AttentionExtractor(model=whole.model, tokenizer=whole.tokenizer).extract_activations(PROMPT)
+
+
+def test_extractor_by_name_with_layers_on_disk_equals_the_whole_model(saved, tmp_path):
+    whole, folder = saved
+    device_map = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.layers.0": "cpu",
+                  "model.layers.1": "disk", "model.layers.2": "cpu", "model.norm": "cpu", "lm_head": "cpu"}
+    split = AttentionExtractor(str(folder), device_map=device_map, offload_folder=str(tmp_path / "off"))
+    assert split.handle.lm.model.hf_device_map["model.layers.1"] == "disk"
+    got, want = split.extract_activations(PROMPT), _whole_model_attention(whole)
+    assert len(got.attention) == len(want.attention) == 3
+    for a, b in zip(got.attention, want.attention):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_encoder_by_name_with_a_device_map():
+    plain = AttentionExtractor("all-minilm-l6-v2").extract_activations("a small test")
+    split = AttentionExtractor("all-minilm-l6-v2", device_map="auto").extract_activations("a small test")
+    for a, b in zip(split.attention, plain.attention):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_model_object_with_a_device_map_is_refused(saved):
+    whole, _ = saved
+    with pytest.raises(InputError, match="already placed"):
+        AttentionExtractor(model=whole.model, tokenizer=whole.tokenizer, device_map="auto")
+
+
+def test_live_view_jsonl_with_layers_on_disk_equals_the_whole_model(saved, tmp_path, capsys):
+    import json
+
+    from openmav.cli import main
+
+    _, folder = saved
+    common = ["--model", str(folder), "--prompt", PROMPT, "--max-new-tokens", "3", "--format", "jsonl"]
+    assert main(common) == 0
+    whole = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert main([*common, "--device-map", "sequential", "--offload-folder", str(tmp_path / "off")]) == 0
+    split = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(split) == len(whole) == 3
+    for a, b in zip(split, whole):
+        assert a["token"] == b["token"]
+        np.testing.assert_allclose(a["attention_entropy"], b["attention_entropy"], atol=1e-4)
+        np.testing.assert_allclose(a["mlp_norms"], b["mlp_norms"], rtol=1e-4)
+
+
+def test_compare_with_a_device_map(saved, tmp_path):
+    from openmav.cli import main
+
+    _, folder = saved
+    code = main(["compare", "--model", str(folder), "--mode", "custom", "--prompts", "The cat sat down",
+                 "The dog sat down", "--output-dir", str(tmp_path / "cmp"), "--device-map", "auto"])
+    assert code == 0 and (tmp_path / "cmp" / "custom" / "differences.csv").is_file()
+
+
+@pytest.mark.parametrize("command", [[], ["maps", "--prompt", "hi", "--output-dir", "out"], ["serve"],
+                                     ["compare", "--mode", "custom", "--prompts", "a b", "c d"]])
+@pytest.mark.parametrize("flags,needle", [
+    (["--device", "cpu", "--device-map", "auto"], "exclude each other"),
+    (["--offload-folder", "off"], "goes with --device-map"),
+    (["--device", "cuda:7"], "CUDA" if not torch.cuda.is_available() else "no cuda:7"),
+])
+def test_placement_flags_are_refused_in_one_line(command, flags, needle, capsys, tmp_path, monkeypatch):
+    from openmav.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main([*command, *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err

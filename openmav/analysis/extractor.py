@@ -37,12 +37,22 @@ class AttentionExtractor:
     """
 
     def __init__(self, model_name: str | None = None, device: str | None = None, model=None, tokenizer=None,
-                 dtype: str = "float32"):
+                 dtype: str = "float32", device_map=None, offload_folder: str | None = None,
+                 quantization: str | None = None):
         """A model by name (loaded on ``device``, default ``cpu``) or a model object, which stays on its
-        device(s) unless ``device`` is given."""
-        if model is None and device is None:
+        device(s) unless ``device`` is given.  ``device_map`` (accelerate: ``"auto"``, ``"balanced"``,
+        ``"sequential"`` or a dict of module -> device, ``"cpu"`` or ``"disk"``, with ``offload_folder``)
+        splits a model bigger than one device; ``quantization`` ``"8bit"``/``"4bit"`` loads it through
+        bitsandbytes (CUDA).  Results come back as numpy arrays on the CPU, gathered from every device."""
+        placed = device_map is not None or quantization is not None
+        if model is None and device is None and not placed:
             device = "cpu"
-        self.handle: ModelHandle = open_model(model_name, device, model=model, tokenizer=tokenizer, dtype=dtype)
+        if model is not None and placed:
+            raise InputError("device_map and quantization are for loading by name: a model object is already "
+                             "placed (load it with device_map=... or quantization_config=... yourself)")
+        self.handle: ModelHandle = open_model(model_name, device, model=model, tokenizer=tokenizer, dtype=dtype,
+                                              device_map=device_map, offload_folder=offload_folder,
+                                              quantization=quantization)
         self.model = self.handle.model
         self.tokenizer = self.handle.tokenizer
         self.model_name = self.handle.name

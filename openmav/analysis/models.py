@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from ..backends.loading import LoadedModel, load_model, resolve_device, resolve_dtype, wrap_model
+from ..backends.loading import LoadedModel, load_model, placement_kwargs, resolve_device, resolve_dtype, wrap_model
 from ..errors import ModelSourceError, UnsupportedModelError
 
 
@@ -268,8 +268,12 @@ def causal_handle(lm: LoadedModel) -> ModelHandle:
 
 
 def open_model(model_name: str | None = None, device: str | None = "cpu", model=None, tokenizer=None,
-               dtype: str = "float32") -> ModelHandle:
-    """A :class:`ModelHandle` from a name (bundled, directory, hub id), a LoadedModel, or objects."""
+               dtype: str = "float32", device_map=None, offload_folder: str | None = None,
+               quantization: str | None = None) -> ModelHandle:
+    """A :class:`ModelHandle` from a name (bundled, directory, hub id), a LoadedModel, or objects.
+
+    ``device_map``/``offload_folder``/``quantization`` place a model loaded by name, as
+    :func:`~openmav.backends.loading.load_model` does (encoders too)."""
     if isinstance(model, LoadedModel):
         return causal_handle(model)
     if model is not None:
@@ -285,10 +289,12 @@ def open_model(model_name: str | None = None, device: str | None = "cpu", model=
         from transformers import AutoModel, AutoTokenizer
 
         local = not Path(location).is_dir()  # a hub id: from the local cache only
+        placement = placement_kwargs(device, device_map, offload_folder, quantization)
         try:
             tok = AutoTokenizer.from_pretrained(location, local_files_only=local)
-            enc = AutoModel.from_pretrained(location, dtype=resolve_dtype(dtype), local_files_only=local)
+            enc = AutoModel.from_pretrained(location, dtype=resolve_dtype(dtype), local_files_only=local, **placement)
         except (OSError, ValueError) as exc:
             raise ModelSourceError(f"could not load the encoder {model_name!r}: {exc}") from exc
-        return encoder_handle(enc, tok, model_name, resolve_device(device))
-    return causal_handle(load_model(model_name, device=device, dtype=dtype))
+        return encoder_handle(enc, tok, model_name, None if placement else resolve_device(device))
+    return causal_handle(load_model(model_name, device=device, dtype=dtype, device_map=device_map,
+                                    offload_folder=offload_folder, quantization=quantization))

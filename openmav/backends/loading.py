@@ -30,6 +30,11 @@ def resolve_device(device: str | None) -> torch.device:
         raise DeviceError(f"unknown device {device!r}: use cpu, cuda, mps or auto")
     if kind == "cuda" and not torch.cuda.is_available():
         raise DeviceError("CUDA was asked for but no CUDA device is available: use --device cpu or auto")
+    if kind == "cuda" and ":" in device:
+        index, count = device.split(":", 1)[1], torch.cuda.device_count()
+        if not index.isdigit() or int(index) >= count:
+            raise DeviceError(f"there is no {device}: this machine has {count} CUDA device{'s' if count != 1 else ''}"
+                              f" (cuda:0{f' to cuda:{count - 1}' if count > 1 else ''})")
     if kind == "mps" and not torch.backends.mps.is_available():
         raise DeviceError("MPS was asked for but is not available on this machine: use --device cpu or auto")
     return torch.device(device)
@@ -263,6 +268,38 @@ def input_device(model) -> torch.device:
     return next((p.device for p in model.parameters() if p.device.type != "meta"), torch.device("cpu"))
 
 
+def placement_kwargs(device: str | None, device_map=None, offload_folder: str | None = None,
+                     quantization: str | None = None) -> dict:
+    """``from_pretrained`` keyword arguments that place the weights: a device map (with its
+    offload folder) and/or bitsandbytes quantization, checked first (one line each).
+
+    A device map places every layer itself, so ``device`` must then be ``auto`` or ``None``;
+    an offload folder needs a device map; quantized weights without a map go whole to the
+    CUDA device ``device`` names (default ``cuda:0``)."""
+    check_device_map(device_map)
+    check_quantization(quantization)
+    if device_map is not None and str(device or "auto").lower() != "auto":
+        raise InputError(f"--device {device} and --device-map {device_map if isinstance(device_map, str) else '{...}'}"
+                         " exclude each other: the map places every layer (leave --device at auto)")
+    if offload_folder is not None and device_map is None:
+        raise InputError("--offload-folder goes with --device-map (it holds the layers the map sends to disk)")
+    kwargs: dict = {}
+    if quantization is not None:
+        import warnings
+
+        from transformers import BitsAndBytesConfig
+
+        warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")  # once per layer per forward otherwise
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_8bit=quantization == "8bit", load_in_4bit=quantization == "4bit")
+        device_map = device_map or {"": resolve_device(device).index or 0}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+        if offload_folder:
+            kwargs["offload_folder"] = offload_folder
+    return kwargs
+
+
 def load_model(name: str | None = None, device: str | None = "auto", dtype: str | torch.dtype | None = "float32",
                progress: Callable[[str], None] | None = None, device_map=None, offload_folder: str | None = None,
                quantization: str | None = None, **from_pretrained_kwargs) -> LoadedModel:
@@ -280,23 +317,10 @@ def load_model(name: str | None = None, device: str | None = "auto", dtype: str 
     Extra keyword arguments go to ``from_pretrained`` (e.g. ``revision``,
     ``quantization_config``).
     """
-    check_device_map(device_map)
-    check_quantization(quantization)
+    from_pretrained_kwargs.update(placement_kwargs(device, device_map, offload_folder, quantization))
+    device_map = from_pretrained_kwargs.get("device_map")
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype)
-    if quantization is not None:
-        import warnings
-
-        from transformers import BitsAndBytesConfig
-
-        warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")  # once per layer per forward otherwise
-        from_pretrained_kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_8bit=quantization == "8bit", load_in_4bit=quantization == "4bit")
-        device_map = device_map or {"": dev.index or 0}
-    if device_map is not None:
-        from_pretrained_kwargs["device_map"] = device_map
-        if offload_folder:
-            from_pretrained_kwargs["offload_folder"] = offload_folder
     if progress is not None:
         _quiet_transformers()  # the caller shows its own progress; no tqdm bars under it
     src: ResolvedSource = resolve_source(name)

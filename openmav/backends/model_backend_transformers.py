@@ -26,7 +26,8 @@ class TransformersBackend:
     """
 
     def __init__(self, model_name: str | None = None, device: str = "auto", seed: int | None = 42,
-                 model_obj=None, tokenizer_obj=None, dtype: str = "float32", progress=None):
+                 model_obj=None, tokenizer_obj=None, dtype: str = "float32", progress=None, device_map=None,
+                 offload_folder: str | None = None, quantization: str | None = None):
         if seed is not None:
             SEED.check("seed", seed)
         if device is not None and not isinstance(device, torch.device):
@@ -44,6 +45,7 @@ class TransformersBackend:
         self.model_obj = model_obj
         self.tokenizer_obj = tokenizer_obj
         self.progress = progress
+        self.placement = {"device_map": device_map, "offload_folder": offload_folder, "quantization": quantization}
         self._loaded: LoadedModel | None = None
         self._lock = threading.Lock()
         if seed is not None:
@@ -69,7 +71,7 @@ class TransformersBackend:
                                               device=dev)
                 else:
                     self._loaded = load_model(self.model_name, device=self.device, dtype=self.dtype,
-                                              progress=self.progress)
+                                              progress=self.progress, **self.placement)
         return self._loaded
 
     @property

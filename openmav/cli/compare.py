@@ -43,7 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", nargs="+", default=[], metavar="PROMPT", help="any number of prompts (custom)")
     p.add_argument("--output-dir", default="outputs", help="where figures and tables go (default: outputs/)")
     p.add_argument("--model", default=None, help="model name, directory, .gguf or hub id (default: the default model)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default: cpu)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps or auto (default: cpu, or where "
+                   "--device-map places the layers)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                   help="weights' dtype (default float32)")
+    from .validate import add_loading_flags
+
+    add_loading_flags(p)
     p.add_argument("--layer", type=int, default=-1, help="layer for heatmaps and neuron plots (default: last)")
     p.add_argument("--top-k", type=int, default=10, help="rows per group in the differences table (default: 10)")
     p.add_argument("--positions", choices=("aligned", "all"), default="aligned",
@@ -179,7 +185,10 @@ def run(args) -> int:
 
     hf_logging.disable_progress_bar()  # stderr keeps only what the user must read
 
-    extractor = AttentionExtractor(args.model, device=args.device)  # loaded once for every mode
+    from .validate import loading_kwargs
+
+    extractor = AttentionExtractor(args.model, device=args.device, dtype=args.dtype,  # loaded once for every mode
+                                   **loading_kwargs(args))
     extractor.layer_index(args.layer)
     check_prompts(extractor, plan, args.positions, not args.include_first)
     viz = AttentionVisualizer()

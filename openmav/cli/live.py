@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=thread_count, default=None, metavar="N",
                    help="torch intra-op threads, 1 to 1024 (default: physical cores minus one, at least 1; "
                    "OMP_NUM_THREADS, when set, is left to rule)")
+    from .validate import add_loading_flags
+
+    add_loading_flags(p)
     add_view_flags(p, scale_default="auto")
     return p
 
@@ -118,6 +121,7 @@ def run(args) -> int:
     if args.interactive and not sys.stdin.isatty():
         raise InputError("--interactive needs a terminal (stdin is not one)")
     from ..mav import MAV
+    from .validate import loading_kwargs
 
     quiet_loading()
     result = MAV(model=args.model, prompt=args.prompt, max_new_tokens=args.max_new_tokens,
@@ -128,7 +132,7 @@ def run(args) -> int:
                  device=args.device, scale=args.scale, backend=args.backend, seed=args.seed,
                  selected_panels=args.selected_panels, num_grid_rows=args.num_grid_rows,
                  aggregation=args.aggregation, format=args.format, record=args.record, dtype=args.dtype,
-                 threads=args.threads)
+                 threads=args.threads, **loading_kwargs(args))
     if args.record:  # MAV wrote it beside the target and renamed it into place
         n = len(result.measurements)
         print(f"mav: saved {n} step{'s' if n != 1 else ''} to {args.record} (mav replay {args.record} shows them)",

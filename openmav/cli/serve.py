@@ -72,10 +72,8 @@ def run(args) -> int:
 
     from .validate import loading_kwargs
 
-    extra = loading_kwargs(args)
-    split = extra["device_map"] is not None or extra["quantization"] is not None
-    lm = load_model(args.model, device=None if split and args.device == "auto" else args.device, dtype=args.dtype,
-                    progress=lambda msg: print(msg, flush=True), **extra)
+    lm = load_model(args.model, device=args.device, dtype=args.dtype, progress=lambda msg: print(msg, flush=True),
+                    **loading_kwargs(args))
     app = create_app(lm, max_prompt_tokens=args.max_prompt_tokens, max_jobs=args.max_jobs, hosts=[args.host])
     shown = f"[{args.host}]" if ":" in args.host else args.host
     docs = "API docs at /docs, schema at /openapi.json" if app.state.docs else "API schema at /openapi.json"

@@ -304,6 +304,22 @@ class DeviceMap(Rule):
         check_text(flag, value)
         if value not in self.NAMES:
             raise InputError(f"unknown {flag} {value!r}: use {', '.join(self.NAMES)}")
+        device = getattr(args, "device", None)
+        if device not in (None, "auto"):
+            raise InputError(f"--device {device} and {flag} {value} exclude each other: the map places every layer "
+                             "(leave --device at auto)")
+        return value
+
+
+class OffloadFolder(Rule):
+    """``--offload-folder``: goes with ``--device-map``; a folder (made when missing), not a file."""
+
+    def check(self, flag, value, args=None):
+        check_text(flag, value)
+        if getattr(args, "device_map", None) is None:
+            raise InputError(f"{flag} goes with --device-map (it holds the layers the map sends to disk)")
+        if os.path.exists(value) and not os.path.isdir(value):
+            raise InputError(f"{flag} {value} is a file, not a folder")
         return value
 
 
@@ -328,7 +344,7 @@ class Quantized(Rule):
 
 
 MODEL = {"model": ModelName(), "device": Device(), "dtype": Dtype(), "device_map": DeviceMap(),
-         "load_in_8bit": Quantized(), "load_in_4bit": Quantized()}
+         "offload_folder": OffloadFolder(), "load_in_8bit": Quantized(), "load_in_4bit": Quantized()}
 VIEW = {
     "refresh_rate": Number(float, 0.0, why="0: no cap"),
     "limit_chars": Number(int, 1, 10_000_000),
@@ -355,7 +371,7 @@ TABLE: dict[str, dict[str, Rule]] = {
         "workers": Number(int, 0, 1024),
     },
     "mav compare": {
-        "model": ModelName(), "device": Device(),
+        **MODEL,
         "prompt1": Text(allow_empty=False),
         "prompt2": Text(allow_empty=False),
         "prompts": Text(allow_empty=False),

@@ -69,10 +69,13 @@ def check_options(o: MapsOptions) -> None:
         raise InputError(f"--workers must be 0 (no pool) or more, got {o.workers}")
     o.sampling.validate()
     check_output_dir(o.output_dir, o.overwrite)
-    from ..backends.loading import check_device_map, check_quantization
+    from ..backends.loading import placement_kwargs
 
-    check_device_map(o.device_map)
-    check_quantization("8bit" if o.load_in_8bit else "4bit" if o.load_in_4bit else None)
+    placement_kwargs(o.device, o.device_map, o.offload_folder, _quantization(o))
+
+
+def _quantization(o: MapsOptions) -> str | None:
+    return "8bit" if o.load_in_8bit else "4bit" if o.load_in_4bit else None
 
 
 def check_output_dir(path: str, overwrite: bool) -> None:
@@ -110,10 +113,8 @@ def load(o: MapsOptions):
     """Load the model: on a device, split by a device map, or quantized (bitsandbytes, CUDA)."""
     from ..backends.loading import load_model
 
-    quantization = "8bit" if o.load_in_8bit else "4bit" if o.load_in_4bit else None
-    split = o.device_map is not None or quantization is not None
-    return load_model(o.model, device=None if split and o.device == "auto" else o.device, dtype=o.dtype,
-                      device_map=o.device_map, offload_folder=o.offload_folder, quantization=quantization)
+    return load_model(o.model, device=o.device, dtype=o.dtype, device_map=o.device_map,
+                      offload_folder=o.offload_folder, quantization=_quantization(o))
 
 
 def check_model(o: MapsOptions, lm) -> None:
