@@ -50,6 +50,18 @@ def test_layers_on_cpu_and_disk_capture_and_ablate_like_the_whole_model(saved, t
     ablation = [HeadAblation(1, 2), HeadAblation(2, 0)]  # heads of the offloaded layers
     torch.testing.assert_close(ablated_logits(split, ids, ablation), ablated_logits(whole, ids, ablation),
                                atol=1e-5, rtol=0)
+    # circuit discovery: gradients and patches through the offloaded layers
+    from openmav.interventions.circuit import discover_circuit, logit_diff
+
+    corrupt = whole.tokenizer(PROMPT.replace("Mary", "John"), return_tensors="pt").input_ids
+    assert corrupt.shape == ids.shape
+    metric = logit_diff(5, 7)
+    got = discover_circuit(split, ids, corrupt, metric, top_n=3, verify_k=6)
+    want = discover_circuit(whole, ids, corrupt, metric, top_n=3, verify_k=6)
+    assert [(n["layer"], n["head"]) for n in got.nodes] == [(n["layer"], n["head"]) for n in want.nodes]
+    np.testing.assert_allclose([n["effect"] for n in got.nodes], [n["effect"] for n in want.nodes], atol=1e-4)
+    np.testing.assert_allclose([n["attribution"] for n in got.nodes], [n["attribution"] for n in want.nodes],
+                               atol=1e-4)
 
 
 def test_device_map_auto_on_a_cpu_machine(saved):

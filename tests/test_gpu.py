@@ -53,6 +53,11 @@ def test_interventions_and_circuits_on_cuda(pair):
         a = attribution_patching(cpu, ids, corrupt, metric)
         b = attribution_patching(gpu, ids.cuda(), corrupt.cuda(), metric)
         np.testing.assert_allclose(a, b, atol=1e-3)
+        from openmav.interventions.circuit import discover_circuit
+
+        on_cpu = discover_circuit(cpu, ids, corrupt, metric, top_n=4, verify_k=8)
+        on_gpu = discover_circuit(gpu, ids.cuda(), corrupt.cuda(), metric, top_n=4, verify_k=8)
+        assert [(n["layer"], n["head"]) for n in on_gpu.nodes] == [(n["layer"], n["head"]) for n in on_cpu.nodes]
 
 
 def test_extractor_keeps_a_cuda_model_on_cuda(pair):

@@ -160,7 +160,7 @@ def verify_by_ablation(lm, clean_ids, corrupt_ids, metric: Metric, heads: list[H
         out.append(metric_rows(metric, patched_forward(lm, clean, rows)[0]) - base)
         if on_batch is not None:
             on_batch(start + len(rows), len(heads))
-    return torch.cat(out).numpy() if out else np.zeros(0)
+    return torch.cat(out).cpu().numpy() if out else np.zeros(0)  # results leave the device once
 
 
 def path_effects(lm, clean_ids, corrupt_ids, metric: Metric, heads: list[Head]) -> list[tuple[Head, Head, float]]:

@@ -71,8 +71,9 @@ def patched_forward(lm, input_ids, row_patches: Sequence[Sequence[Patch]], recor
     plan: dict[int, list] = {}
     for r, patches in enumerate(row_patches):
         for layer, head, value in patches:
-            fixed = value.to(ids.device)
-            plan.setdefault(layer, []).append((head, torch.tensor([r]), lambda zh, v=fixed: v.expand_as(zh)))
+            # the layer's own device and dtype (a device map puts layers on different devices)
+            plan.setdefault(layer, []).append(
+                (head, torch.tensor([r]), lambda zh, v=value: v.to(zh.device, zh.dtype).expand_as(zh)))
     recorded: dict[int, torch.Tensor] = {}
     handles = []
 
