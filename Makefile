@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.openmav-installed
 
-.PHONY: install run test chromium bench bench-peers clean
+.PHONY: install run test chromium bench bench-peers gpu-wheels clean
 
 install: $(STAMP)
 
@@ -45,6 +45,11 @@ $(PEERS_STAMP): pyproject.toml
 
 bench-peers: $(PEERS_STAMP)
 	$(PEERS)/bin/python bench/bench_peers.py $(ARGS)
+
+# Wheels the GPU check (bench/gpu_check.sh) installs on a machine without network; carried with the project.
+gpu-wheels: install
+	$(BIN)/pip download --quiet --no-deps --only-binary=:all: --platform manylinux_2_24_x86_64 \
+	  --python-version 3.11 -d bench/.wheels gguf platformdirs "filelock>=3.12,<5" bitsandbytes
 
 clean:
 	rm -rf $(VENV) build *.egg-info

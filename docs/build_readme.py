@@ -9,7 +9,7 @@ docs/readme (``../images/``) are rewritten relative to the repository root.  The
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-ORDER = ["intro", "live", "maps", "analysis", "web", "ablation", "engine", "models", "development"]
+ORDER = ["intro", "live", "maps", "analysis", "web", "ablation", "engine", "models", "placement", "development"]
 
 
 def main() -> None:
