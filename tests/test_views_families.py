@@ -19,6 +19,7 @@ from openmav.errors import InputError, OpenMavError
 from openmav.maps.run import MapsOptions, run_maps
 from openmav.training import show_model
 from openmav.web.app import create_app
+from web_jobs import wait_job
 
 SHAPES = ["gpt_neo", "falcon", "bert", "mixtral", "deepseek_v3", "jamba", "gemma2"]
 PROMPT = "When Mary and John went to the store, John gave a drink to"
@@ -27,18 +28,6 @@ PROMPT = "When Mary and John went to the store, John gave a drink to"
 @pytest.fixture(scope="module")
 def models(tiny):
     return {t: tiny(t) for t in [*SHAPES, "mamba"]}
-
-
-def _wait(client, job_id, timeout=120):
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        state = client.get(f"/api/jobs/{job_id}").json()
-        if state["status"] in ("done", "cancelled", "error"):
-            return state
-        time.sleep(0.05)
-    raise AssertionError("job did not finish")
 
 
 @pytest.mark.parametrize("model_type", [*SHAPES, "mamba"])
@@ -80,16 +69,16 @@ def test_web_explorer_ablation_evaluation_studies_circuits(models, model_type):
     layer = lm.parts.attention_layers[-1]
     r = client.post("/api/predict", json={"prompt": PROMPT, "ablations": [{"layer": layer, "head": 0}]})
     assert r.status_code == 200, r.text
-    ev = _wait(client, client.post("/api/evaluations", json={"prompt": PROMPT}).json()["job_id"])
+    ev = wait_job(client, client.post("/api/evaluations", json={"prompt": PROMPT}).json()["job_id"])
     assert ev["status"] == "done", ev.get("error")
     kl = ev["result"]["kl"]
     assert all((v is None) == (i not in lm.parts.attention_layers) for i, row in enumerate(kl) for v in row)
-    st = _wait(client, client.post("/api/studies", json={"prompt": PROMPT, "max_heads": 2, "candidates": 3}
+    st = wait_job(client, client.post("/api/studies", json={"prompt": PROMPT, "max_heads": 2, "candidates": 3}
                                    ).json()["job_id"])
     assert st["status"] == "done", st.get("error")
     token = lm.tokenizer(" Mary").input_ids[-1]
     other = lm.tokenizer(" John").input_ids[-1]
-    ci = _wait(client, client.post("/api/circuit", json={"prompt": PROMPT, "token_a": token, "token_b": other,
+    ci = wait_job(client, client.post("/api/circuit", json={"prompt": PROMPT, "token_a": token, "token_b": other,
                                                          "top_n": 3}).json()["job_id"])
     assert ci["status"] == "done", ci.get("error")
 
@@ -105,5 +94,5 @@ def test_attention_free_model_says_why(models, tmp_path):
     r = client.post("/api/evaluations", json={"prompt": PROMPT})
     assert r.status_code in (200, 422, 501)
     if r.status_code == 200:
-        state = _wait(client, r.json()["job_id"])
+        state = wait_job(client, r.json()["job_id"])
         assert state["status"] == "error" and "no attention layers" in state["error"]

@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 from openmav.web.app import create_app
 from openmav.web.jobs import BusyError, JobQueue, ModelGate
 from openmav.web.server import running_server
+from web_jobs import wait_job
 
 IOI = "When Mary and John went to the store, John gave a drink to"
 
@@ -217,16 +218,6 @@ def test_load_on_loopback_answers_every_request(lm):
         assert len(codes) == 50 and set(codes) <= {200, 422}
         assert codes.count(422) == 20
         assert http.get("/api/model").status_code == 200
-
-
-def wait_job(client, job_id, timeout=120):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        state = client.get(f"/api/jobs/{job_id}").json()
-        if state["status"] in ("done", "cancelled", "error"):
-            return state
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not finish")
 
 
 def test_evaluation_job_equals_library_and_single_head_predictions(lm):
