@@ -7,7 +7,7 @@ import math
 import numpy as np
 from rich.text import Text
 
-from .bars import MIN_BAR, MISSING, SHADES, axis_labels, bar, fit, lines_text, shade, styled_runs
+from .bars import MIN_BAR, MISSING, SHADES, axis_labels, bar, column_major, fit, lines_text, shade, styled_runs
 from .text_panels import BuiltinPanel
 
 NO_ATTENTION = "no attention captured (not recorded, or the model has no attention layers)"
@@ -140,19 +140,8 @@ class HeadEntropyPanel(BuiltinPanel):
         ncols = 1 if not height else math.ceil(n_layers / height)
         if ncols * cell_w + 2 * (ncols - 1) > self.width:
             return None
-        rows = math.ceil(n_layers / ncols)
-        lines = []
-        for r in range(rows):
-            line = Text()
-            for c in range(ncols):
-                i = c * rows + r
-                if i >= n_layers:
-                    break
-                if c:
-                    line.append("  ")
-                line.append(f"L{i}".rjust(lw) + " ", style="dim")
-                line.append_text(self._cells(frac[i]))
-            lines.append(line)
+        cells = [Text(f"L{i}".rjust(lw) + " ", style="dim").append_text(self._cells(frac[i])) for i in range(n_layers)]
+        lines = column_major(cells, ncols, gap=2)
         return lines
 
     def _layers_as_columns(self, frac, height):

@@ -85,6 +85,31 @@ def lines_text(lines: list[Text]) -> Text:
     return out
 
 
+def column_major(cells: list[Text], ncols: int, gap: int = 2, width: int | None = None) -> list[Text]:
+    """``cells`` (one line each) in ``ncols`` columns filled top to bottom, ``gap`` spaces apart.
+
+    With ``width`` each cell is cut or padded to that many cells (the last column is only
+    cut); without it the cells are taken as they are (the caller made them equally wide)."""
+    n = len(cells)
+    rows = math.ceil(n / max(1, ncols))
+    lines = []
+    for r in range(rows):
+        line = Text()
+        for c in range(ncols):
+            i = c * rows + r
+            if i >= n:
+                break
+            cell = cells[i]
+            if width is not None:
+                cell = cell.copy()
+                cell.truncate(width, overflow="crop", pad=c < ncols - 1)
+            if c:
+                line.append(" " * gap)
+            line.append_text(cell)
+        lines.append(line)
+    return lines
+
+
 def pack_columns(cells: list[Text], height: int | None, width: int, gap: int = 2) -> Text:
     """Lay ``cells`` (one line each) out column-major in as many columns as ``height`` needs.
 
@@ -95,21 +120,8 @@ def pack_columns(cells: list[Text], height: int | None, width: int, gap: int = 2
     if n == 0:
         return Text("")
     ncols = columns_for(n, height)
-    rows = math.ceil(n / ncols)
     colw = max(1, (width - gap * (ncols - 1)) // ncols)
-    lines = []
-    for r in range(rows):
-        line = Text()
-        for c in range(ncols):
-            i = c * rows + r
-            if i >= n:
-                break
-            cell = cells[i].copy()
-            cell.truncate(colw, overflow="crop", pad=c < ncols - 1)
-            if c:
-                line.append(" " * gap)
-            line.append_text(cell)
-        lines.append(line)
+    lines = column_major(cells, ncols, gap, colw)
     return lines_text(lines)
 
 

@@ -25,8 +25,8 @@ from rich.cells import cell_len
 from rich.text import Text
 
 from .attention_panels import NO_ATTENTION
-from .bars import (MIN_BAR, MISSING, axis_labels, bar, choose_scale, column_chart, fit, lines_text, log_range, scaled,
-                   styled_runs)
+from .bars import (MIN_BAR, MISSING, axis_labels, bar, choose_scale, column_chart, column_major, fit, lines_text,
+                   log_range, scaled, styled_runs)
 from .text_panels import BuiltinPanel
 
 
@@ -73,25 +73,18 @@ def layer_rows(values, fractions, width: int, height: int | None, max_bar: int, 
     barlen = min(max_bar, colw - lw - vw - 2)
     if barlen < MIN_BAR:
         return None
-    rows = math.ceil(n / ncols)
-    lines = []
-    for r in range(rows):
-        line = Text()
-        for c in range(ncols):
-            i = c * rows + r
-            if i >= n:
-                break
-            if c:
-                line.append(" " * (colw - (lw + barlen + vw + 2) + 2))
-            line.append(labels[i].rjust(lw) + " ", style="dim")
-            f = float(fractions[i])
-            if math.isfinite(f):
-                line.append(bar(f, barlen), style=style)
-                line.append(" " + texts[i].rjust(vw))
-            else:
-                line.append(MISSING.ljust(barlen), style="dim")
-                line.append(" " + texts[i].rjust(vw), style="dim")
-        lines.append(line)
+    cells = []
+    for i in range(n):
+        cell = Text(labels[i].rjust(lw) + " ", style="dim")
+        f = float(fractions[i])
+        if math.isfinite(f):
+            cell.append(bar(f, barlen), style=style)
+            cell.append(" " + texts[i].rjust(vw))
+        else:
+            cell.append(MISSING.ljust(barlen), style="dim")
+            cell.append(" " + texts[i].rjust(vw), style="dim")
+        cells.append(cell)
+    lines = column_major(cells, ncols, gap=colw - (lw + barlen + vw + 2) + 2)
     return lines_text(lines)
 
 
