@@ -179,11 +179,14 @@ def test_compare_with_a_device_map(saved, tmp_path):
     (["--device", "cpu", "--device-map", "auto"], "exclude each other"),
     (["--offload-folder", "off"], "goes with --device-map"),
     (["--device", "cuda:7"], "CUDA" if not torch.cuda.is_available() else "no cuda:7"),
+    (["--device-map", "auto", "--offload-folder", "a_file"], "exists and is not a directory"),
 ])
 def test_placement_flags_are_refused_in_one_line(command, flags, needle, capsys, tmp_path, monkeypatch):
     from openmav.cli import main
 
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "a_file").write_text("mine")
     assert main([*command, *flags]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0], err
+    assert (tmp_path / "a_file").read_text() == "mine"

@@ -312,14 +312,13 @@ class DeviceMap(Rule):
 
 
 class OffloadFolder(Rule):
-    """``--offload-folder``: goes with ``--device-map``; a folder (made when missing), not a file."""
+    """``--offload-folder``: goes with ``--device-map``; a folder that exists or can be made, and takes files."""
 
     def check(self, flag, value, args=None):
         check_text(flag, value)
         if getattr(args, "device_map", None) is None:
             raise InputError(f"{flag} goes with --device-map (it holds the layers the map sends to disk)")
-        if os.path.exists(value) and not os.path.isdir(value):
-            raise InputError(f"{flag} {value} is a file, not a folder")
+        check_output_dir(value, flag)
         return value
 
 
