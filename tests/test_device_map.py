@@ -190,3 +190,17 @@ def test_placement_flags_are_refused_in_one_line(command, flags, needle, capsys,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0], err
     assert (tmp_path / "a_file").read_text() == "mine"
+
+
+@pytest.mark.parametrize("device_map,error,needle", [
+    ({"model.nothing": "cpu", "": "cpu"}, InputError, "does not have"),
+    ({"": "tpu"}, DeviceError, "unknown device 'tpu'"),
+    ({"": -1}, InputError, "negative"),
+    ({"": 3} if not torch.cuda.is_available() else {"": 99}, DeviceError, "device map entry ''"),
+    ({"": None}, InputError, "is not a device"),
+])
+def test_impossible_device_maps_are_one_line(saved, device_map, error, needle):
+    _, folder = saved
+    with pytest.raises(error, match=needle) as info:
+        load_model(str(folder), device=None, device_map=device_map)
+    assert "\n" not in str(info.value)

@@ -230,9 +230,26 @@ DEVICE_MAP_NAMES = ("auto", "balanced", "balanced_low_0", "sequential")
 
 def check_device_map(device_map) -> None:
     """A device map is ``auto``/``balanced``/``balanced_low_0``/``sequential`` or a dict of module -> device."""
-    if device_map is None or isinstance(device_map, dict):
+    if device_map is None:
         return
-    if device_map not in DEVICE_MAP_NAMES:
+    if isinstance(device_map, dict):
+        for module, place in device_map.items():
+            if not isinstance(module, str):
+                raise InputError(f"device map keys are module names (strings), got {module!r}")
+            if isinstance(place, bool) or not isinstance(place, (int, str, torch.device)):
+                raise InputError(f"device map entry {module!r}: {place!r} is not a device (a GPU index, 'cpu', "
+                                 "'disk', 'cuda:N' or 'mps')")
+            if isinstance(place, int):
+                if place < 0:
+                    raise InputError(f"device map entry {module!r}: GPU index {place} is negative")
+                place = f"cuda:{place}"
+            if str(place) not in ("cpu", "disk"):
+                try:
+                    resolve_device(str(place))
+                except DeviceError as exc:
+                    raise DeviceError(f"device map entry {module!r}: {exc}") from None
+        return
+    if not isinstance(device_map, str) or device_map not in DEVICE_MAP_NAMES:
         raise InputError(f"unknown device map {device_map!r}: use {', '.join(DEVICE_MAP_NAMES)} or a dict "
                          "of module name -> device (Python API)")
 
@@ -253,6 +270,18 @@ def check_quantization(kind: str | None) -> None:
     if missing:
         raise DeviceError(f"--load-in-{kind} needs a CUDA device and bitsandbytes ({'; '.join(missing)}): "
                           f"drop --load-in-{kind}, or use --dtype bfloat16 to halve memory instead")
+
+
+def _check_map_names(model, device_map: dict, name: str) -> None:
+    """Every module a device map names must exist (accelerate ignores a name it does not know)."""
+    for key in device_map:
+        if key:
+            try:
+                model.get_submodule(key)
+            except AttributeError:
+                top = ", ".join(n for n, _ in model.named_children())
+                raise InputError(f"the device map names {key!r}, which {name} does not have (its top-level "
+                                 f"modules: {top})") from None
 
 
 def input_device(model) -> torch.device:
@@ -343,6 +372,8 @@ def load_model(name: str | None = None, device: str | None = "auto", dtype: str 
             ) from exc
         raise ModelSourceError(f"could not load {src.name!r}: {first}") from exc
     _refuse_encoder(model, src.name)
+    if isinstance(device_map, dict):
+        _check_map_names(model, device_map, src.name)
     if device_map is None:
         model.to(dev)
     model.eval()
