@@ -119,8 +119,17 @@ def test_matches_direct_forward(encoder, family):
             np.testing.assert_allclose(got, want.numpy(), atol=1e-6)
             np.testing.assert_allclose(got.sum(-1), 1.0, atol=1e-5)
         assert len(res.hidden_states) == ex.n_layers + 1
-        for got, want in zip(res.hidden_states, out.hidden_states):
+        # every entry is a block's output; transformers' last one has a final norm applied where the
+        # model has one (ModernBERT), which the extractor keeps as its own field
+        final = getattr(model, "final_norm", None)
+        for got, want in zip(res.hidden_states[:-1], out.hidden_states[:-1]):
             np.testing.assert_allclose(got, want.numpy(), atol=1e-5)
+        if final is None:
+            assert res.final_norm is None
+            np.testing.assert_allclose(res.hidden_states[-1], out.hidden_states[-1].numpy(), atol=1e-5)
+        else:
+            np.testing.assert_allclose(res.final_norm, out.hidden_states[-1].numpy(), atol=1e-5)
+            assert not np.allclose(res.hidden_states[-1], res.final_norm, atol=1e-2)
     assert model.config._attn_implementation == implementation  # switched back after the forward
     # bidirectional: the first query attends to later keys
     assert res.attention[0][0, :, 0, 1:].sum() > 0.1
@@ -136,8 +145,9 @@ def test_neurons_are_down_projection_input(encoder, family):
         got = ex.get_neuron_activations(prompt, layer, residual=True)
         assert got.shape == (ids.shape[1], 128) == tuple(calls[layer].shape)
         np.testing.assert_allclose(got.mlp, calls[layer].numpy(), atol=1e-5)
-        if layer < ex.n_layers - 1:  # the last hidden state may have a final norm applied
+        if layer < ex.n_layers - 1:  # transformers' last hidden state may have a final norm applied
             np.testing.assert_allclose(got.residual, out.hidden_states[layer + 1][0].numpy(), atol=1e-5)
+        np.testing.assert_allclose(got.residual, ex.extract_activations(prompt).hidden_states[layer + 1][0], atol=1e-5)
     info = ex.get_model_info()
     assert info["kind"] == "encoder" and info["has_logits"] is False and info["mlp_size"] == 128
     assert info["num_layers"] == ex.n_layers and info["num_heads"] == 4 and info["hidden_size"] == 64

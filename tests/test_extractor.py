@@ -35,6 +35,12 @@ def test_extract_matches_direct_forward(tiny, family):
         np.testing.assert_allclose(got, want.numpy(), atol=1e-6)
     np.testing.assert_allclose(res.logits, out.logits.numpy(), atol=1e-5)
     assert len(res.hidden_states) == lm.parts.n_layers + 1
+    for got, want in zip(res.hidden_states[:-1], out.hidden_states[:-1]):
+        np.testing.assert_allclose(got, want.numpy(), atol=1e-5)
+    # transformers' last hidden state has the final norm applied: here that is final_norm, and
+    # hidden_states[-1] is the last block's output before it (tests/test_residual_convention.py)
+    np.testing.assert_allclose(res.final_norm, out.hidden_states[-1].numpy(), atol=1e-5)
+    assert np.abs(res.hidden_states[-1] - res.final_norm).max() > 0.1
     assert res["attention_weights"] is res.attention  # the original project's key
 
 

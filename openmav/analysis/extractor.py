@@ -7,6 +7,14 @@ Several prompts are run in batches, padded with an attention mask (causal LMs on
 right or left; encoders always on the right, since RoBERTa-style encoders number
 positions from the input ids themselves); each prompt's results are cut back to its
 own tokens, so they equal that prompt run alone (up to float rounding).
+
+One residual convention, for every layer the last included, causal LMs and encoders
+alike: ``hidden_states[0]`` is the embedding output as the model feeds it to block 0,
+``hidden_states[l + 1]`` and ``residual[l]`` are the output of block ``l`` (read by a
+forward hook on the block), before any norm the model applies after its blocks; the
+output of that final norm (the input of the unembedding) is its own field,
+``Activations.final_norm``.  transformers' ``output_hidden_states`` differs at the last
+entry for most models (it has the final norm applied), so only its first entry is used.
 """
 
 from __future__ import annotations
@@ -18,9 +26,13 @@ import torch
 
 from ..capture.hooks import attention_implementation
 from ..capture.tokens import TokenTexts
-from ..errors import InputError
+from ..errors import InputError, UnsupportedModelError
 from .models import ModelHandle, open_model
 from .results import Activations, AttentionStatsMapping, Comparison, NeuronActivations
+
+
+# the norm an encoder family applies after its last layer, relative to its base model (the others have none)
+_ENCODER_FINAL_NORMS = {"modernbert": "final_norm"}
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -110,16 +122,50 @@ class AttentionExtractor:
                                            hidden_states, logits, tuple(neuron_layers), tuple(residual_layers)))
         return results
 
-    def _forward(self, kwargs: dict, neuron_layers: tuple[int, ...], residual_layers: tuple[int, ...]):
+    def final_norm_module(self) -> torch.nn.Module | None:
+        """The norm the model applies after its last block, whose output the unembedding reads, or ``None``.
+
+        Causal LMs: the engine's ``parts.final_norm`` (``None`` for models without one, such as
+        post-LayerNorm decoders).  Encoders: ModernBERT's ``final_norm``; the other encoder families
+        (BERT-style post-LayerNorm blocks, DistilBERT, ALBERT, DeBERTa-v2, MPNet) have none."""
+        if self.handle.lm is not None:
+            return self.handle.lm.parts.final_norm
+        path = _ENCODER_FINAL_NORMS.get(self.handle.family.name) if self.handle.family else None
+        try:
+            return self.handle.body.get_submodule(path) if path else None
+        except AttributeError:
+            return None
+
+    def _skipped_layers(self) -> tuple[int, ...]:
+        parts = getattr(self.handle.lm, "parts", None)
+        return tuple(parts.skipped_layers) if parts is not None else ()
+
+    def _forward(self, kwargs: dict, neuron_layers: tuple[int, ...], residual_layers: tuple[int, ...],
+                 final_norm: bool = False):
         """One forward under eager attention; per layer asked for, the input of its MLP down projection
-        (``neuron_layers``) and its block's output (``residual_layers``), each ``[b, pos, width]``.
+        (``neuron_layers``) and its block's output (``residual_layers``), each ``[b, pos, width]``; with
+        ``final_norm`` the output of :meth:`final_norm_module` too (``None`` when there is none).
 
         One hook per module: a module shared by several layers (ALBERT) runs once per layer, and
         layer ``l`` takes the call :meth:`ModelHandle.neuron_call` / :meth:`ModelHandle.block_call` names.
+        A layer that text-only input skips (never called) passes the residual unchanged: its output is
+        the output of the nearest earlier layer that ran.
         """
         handle = self.handle
+        skipped = set(self._skipped_layers())
+        hooked = set()
+        for layer in residual_layers:  # a skipped layer reads the output of the layer before it
+            while layer in skipped and layer > 0:
+                layer -= 1
+            if layer in skipped:
+                raise UnsupportedModelError(f"layer {layer} of {self.model_name} is skipped by text-only input and "
+                                            "no layer runs before it: its output is not defined")
+            hooked.add(layer)
         sites = [("neurons", layer, handle.neuron_module(layer), handle.neuron_call(layer)) for layer in neuron_layers]
-        sites += [("residual", layer, handle.blocks[layer], handle.block_call(layer)) for layer in residual_layers]
+        sites += [("residual", layer, handle.blocks[layer], handle.block_call(layer)) for layer in sorted(hooked)]
+        norm = self.final_norm_module() if final_norm else None
+        if norm is not None:
+            sites.append(("final_norm", -1, norm, -1))  # the last call: the one the unembedding reads
         calls: dict[tuple[str, int], list[torch.Tensor]] = {}
         with ExitStack() as stack:
             for kind, _, module, _ in sites:
@@ -138,10 +184,22 @@ class AttentionExtractor:
             stack.enter_context(torch.inference_mode())
             stack.enter_context(attention_implementation(handle.body, "eager"))
             out = handle.body(**kwargs)
-        captured: dict[str, dict[int, torch.Tensor]] = {"neurons": {}, "residual": {}}
+        captured: dict[str, dict[int, torch.Tensor]] = {"neurons": {}, "residual": {}, "final_norm": {}}
         for kind, layer, module, call in sites:
-            captured[kind][layer] = calls[(kind, id(module))][call]
-        return out, captured["neurons"], captured["residual"]
+            seen = calls[(kind, id(module))]
+            if kind == "final_norm" and not seen:
+                continue  # a final norm this forward did not run: no final_norm
+            if call >= len(seen) or not seen:
+                raise UnsupportedModelError(f"{self.model_name}: the {kind} hook of layer {layer} "
+                                            f"({type(module).__name__}) did not run in the forward")
+            captured[kind][layer] = seen[call]
+        residual = {}
+        for layer in residual_layers:
+            ran = layer
+            while ran not in hooked:
+                ran -= 1
+            residual[layer] = captured["residual"][ran]
+        return out, captured["neurons"], residual, captured["final_norm"].get(-1)
 
     def _run_batch(self, prompts, chunk, padding_side, want_hidden, want_logits, neuron_layers, residual_layers):
         if self.is_encoder:
@@ -160,29 +218,37 @@ class AttentionExtractor:
             kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp_min(0).to(self.handle.device)
         if not self.is_encoder:
             kwargs["use_cache"] = False
-        out, neurons, residual = self._forward(kwargs, neuron_layers, residual_layers)
+        # hidden states after the embeddings are the blocks' outputs, hooked (see the module docstring)
+        layers = tuple(range(self.n_layers)) if want_hidden else ()
+        out, neurons, blocks_out, normed = self._forward(kwargs, neuron_layers,
+                                                         tuple(sorted(set(residual_layers) | set(layers))),
+                                                         final_norm=want_hidden)
         results = []
         for b, row in enumerate(chunk):
             n = len(row)
             sl = slice(width - n, width) if padding_side == "left" else slice(0, n)
             attention = [_np(a[b:b + 1, :, sl, sl]) for a in out.attentions]
-            hidden = [_np(h[b:b + 1, sl]) for h in out.hidden_states] if want_hidden else []
+            hidden = ([_np(out.hidden_states[0][b:b + 1, sl])] + [blocks_out[layer][b:b + 1, sl].numpy()
+                                                                 for layer in layers]) if want_hidden else []
             lg = None if self.is_encoder else getattr(out, "logits", None)
             results.append(Activations(
                 prompt=prompts[b], tokens=[t.display for t in self._texts.many(row)],
                 token_ids=np.array(row), attention=attention, hidden_states=hidden,
+                final_norm=normed[b:b + 1, sl].numpy() if normed is not None else None,
                 logits=_np(lg[b:b + 1, sl]) if (lg is not None and want_logits) else None,
                 last_logits=_np(lg[b, sl][-1]) if lg is not None else None,
                 mlp_mean=[neurons[layer][b, sl].mean(0).numpy() for layer in neuron_layers] or None,
                 neurons={layer: neurons[layer][b, sl].numpy() for layer in neuron_layers} or None,
-                residual={layer: residual[layer][b, sl].numpy() for layer in residual_layers} or None,
+                residual={layer: blocks_out[layer][b, sl].numpy() for layer in residual_layers} or None,
                 causal=not self.is_encoder, model=self.model_name,
             ))
         return results
 
     # -- public API -----------------------------------------------------------------------------
     def extract_activations(self, prompt: str) -> Activations:
-        """Tokens, token ids, attention per layer ``[1, h, s, s]``, hidden states and (causal LMs) logits."""
+        """Tokens, token ids, attention per layer ``[1, h, s, s]``, hidden states (the residual stream
+        before any final norm, L+1 arrays ``[1, s, d]``), the final norm's output ``final_norm``
+        (``None`` for a model without one) and (causal LMs) logits; see :class:`Activations`."""
         return self._run([prompt])[0]
 
     def get_attention_stats(self, prompt: str, threshold: float = 0.01) -> AttentionStatsMapping:
@@ -203,6 +269,8 @@ class AttentionExtractor:
 
         Full logits are not kept (``last_logits`` is); with ``neurons`` each result carries the
         MLP neurons' mean over positions per layer (``mlp_mean``), for :mod:`openmav.analysis.compare`.
+        With ``hidden_states`` each result has ``hidden_states`` and ``final_norm`` as
+        :meth:`extract_activations` gives them.
         """
         if neurons and not self.handle.has_neurons:
             neurons = False  # a mixture-of-experts or MLP-less model: compared without per-neuron means
@@ -214,8 +282,9 @@ class AttentionExtractor:
 
     def get_neuron_activations(self, prompt: str, layer_idx: int, residual: bool = False) -> NeuronActivations:
         """The MLP hidden neurons of ``layer_idx`` ``[seq, d_mlp]`` (input of its down projection),
-        and with ``residual`` the residual stream after that layer ``[seq, d]`` (the output of its
-        block, before any final norm of the model)."""
+        and with ``residual`` the residual stream after that layer ``[seq, d]``: the output of its
+        block, before any final norm of the model, the last layer included, so it equals
+        ``extract_activations(prompt).hidden_states[layer + 1][0]``."""
         layer = self.layer_index(layer_idx)
         result = self._run([prompt], hidden_states=False, logits=False, neuron_layers=(layer,),
                            residual_layers=(layer,) if residual else ())[0]

@@ -110,16 +110,29 @@ class Activations:
     """One prompt's forward pass.
 
     - ``attention``: one ``[1, heads, seq, seq]`` array per layer (layers 0..L-1)
-    - ``hidden_states``: ``[1, seq, d]`` per layer boundary (embeddings first, L+1 arrays), or empty
+    - ``hidden_states``: ``[1, seq, d]`` per layer boundary, L+1 arrays, or empty when not asked
+      for: ``hidden_states[0]`` is the embedding output as the model feeds it to block 0,
+      ``hidden_states[l + 1]`` the residual stream after block ``l`` (that block's output)
+    - ``final_norm``: ``[1, seq, d]`` the output of the norm the model applies after its last
+      block, which its unembedding reads; ``None`` when hidden states were not asked for or the
+      model has no such norm (post-LayerNorm models such as BERT, DistilBERT, ALBERT, OPT-350m)
     - ``logits``: ``[1, seq, vocab]`` for a causal LM when kept, else ``None`` (encoders have none)
     - ``last_logits``: ``[vocab]`` at the last position for a causal LM, else ``None``
     - ``mlp_mean``: per layer, the MLP hidden neurons' mean over positions ``[d_mlp]`` (comparisons)
     - ``neurons``: ``{layer: [seq, d_mlp]}`` MLP hidden neurons for the layers asked for
-    - ``residual``: ``{layer: [seq, d]}`` the output of each block asked for: the residual stream
-      after it, before any final norm (``hidden_states[-1]`` has the final norm applied in most
-      transformers models: GPT-2, Llama, ModernBERT)
+    - ``residual``: ``{layer: [seq, d]}`` the output of each block asked for, the same arrays as
+      ``hidden_states[layer + 1][0]``
     - ``causal``: whether it came from a causal LM (else a bidirectional encoder)
     - ``model``: the model's name
+
+    The residual convention, the same for every layer (the last included), causal LMs and
+    encoders: ``hidden_states`` and ``residual`` are the stream *before* any final norm, and the
+    final norm's output is only in ``final_norm``.  So ``hidden_states[-1]`` is not transformers'
+    ``output_hidden_states[-1]``, which has the final norm applied for most models (Llama, GPT-2,
+    Gemma, ModernBERT): that one is ``final_norm``.  A causal LM's ``logits`` are its unembedding
+    of ``final_norm`` (times any logit scale, soft-capped where the model does so).  In
+    post-LayerNorm blocks (BERT-style) a block's own LayerNorm is part of the block, so its output
+    is normed already; there is no norm after the last block and ``final_norm`` is ``None``.
     """
 
     prompt: str
@@ -134,12 +147,13 @@ class Activations:
     residual: dict[int, np.ndarray] | None = None
     causal: bool = True
     model: str = ""
+    final_norm: np.ndarray | None = None
 
     def __getitem__(self, key: str):
         return getattr(self, _ALIASES.get(key, key))
 
     def keys(self):
-        return ["prompt", "tokens", "token_ids", "attention", "hidden_states", "logits", "last_logits"]
+        return ["prompt", "tokens", "token_ids", "attention", "hidden_states", "final_norm", "logits", "last_logits"]
 
     @property
     def n_layers(self) -> int:
@@ -163,7 +177,8 @@ class Activations:
                  f"  prompt: {_short(self.prompt)} ({_tokens(len(self.tokens))})",
                  f"  attention: {self.n_layers} layers x {_shape(self.attention[0]) if self.attention else 'none'}"]
         if self.hidden_states:
-            lines.append(f"  hidden_states: {len(self.hidden_states)} x {_shape(self.hidden_states[0])}")
+            lines.append(f"  hidden_states: {len(self.hidden_states)} x {_shape(self.hidden_states[0])} "
+                         f"(before any final norm); final_norm: {_shape(self.final_norm)}")
         lines.append(f"  logits: {_shape(self.logits)}")
         if self.neurons:
             lines.append(f"  neurons: layers {sorted(self.neurons)}, each {_shape(next(iter(self.neurons.values())))}")
@@ -173,15 +188,19 @@ class Activations:
         from .notebook import table_html
 
         shapes = [["model", self.model or "?"], ["tokens", len(self.tokens)], ["layers", self.n_layers],
-                  ["heads", self.attention[0].shape[1] if self.attention else 0],
-                  ["logits", "absent" if self.logits is None else str(self.logits.shape)]]
+                  ["heads", self.attention[0].shape[1] if self.attention else 0]]
+        if self.hidden_states:
+            shapes += [["hidden_states", f"{len(self.hidden_states)} x {_shape(self.hidden_states[0])}"],
+                       ["final_norm", "absent" if self.final_norm is None else str(self.final_norm.shape)]]
+        shapes.append(["logits", "absent" if self.logits is None else str(self.logits.shape)])
         tokens = html.escape(" ".join(self.tokens), quote=True)
         return f"<p>{tokens}</p>" + table_html(["field", "value"], shapes, repr(self.prompt))
 
 
 @dataclass
 class NeuronActivations:
-    """MLP hidden neurons of one layer ``mlp [seq, d_mlp]`` and, by option, the residual ``[seq, d]``."""
+    """MLP hidden neurons of one layer ``mlp [seq, d_mlp]`` and, by option, the residual ``[seq, d]``
+    (the block's output, before any final norm: :class:`Activations` ``hidden_states[layer + 1][0]``)."""
 
     prompt: str
     layer: int
