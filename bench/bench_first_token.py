@@ -7,7 +7,11 @@ Each measurement is a fresh process, one after another, on the bundled SmolLM2-1
   cache: process start to the first JSON line (imports, load, load-time checks, prefill);
 - ``cold``: the same with an empty ``$OPENMAV_CACHE`` (the GGUF is dequantized first).
 
-Usage: ``python bench/bench_first_token.py [--rounds 3] [--cold]``
+With ``--baseline DIR`` (another copy of openmav, e.g. ``git archive HEAD | tar -x -C DIR``)
+its warm first token is timed in the same rounds, interleaved, so a change is measured
+against the code before it on the same machine load.
+
+Usage: ``python bench/bench_first_token.py [--rounds 3] [--cold] [--baseline DIR]``
 """
 
 from __future__ import annotations
@@ -24,9 +28,9 @@ from pathlib import Path
 MAV = [sys.executable, "-m", "openmav", "--format", "jsonl", "--max-new-tokens", "1", "--prompt", "Hello"]
 
 
-def first_line_seconds(cmd: list[str], env: dict) -> float:
+def first_line_seconds(cmd: list[str], env: dict, cwd: str | None = None) -> float:
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True, cwd=cwd)
     line = proc.stdout.readline()
     elapsed = time.perf_counter() - start
     proc.wait()
@@ -45,15 +49,26 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--cold", action="store_true", help="also time a first run with an empty model cache")
+    p.add_argument("--baseline", metavar="DIR", help="another openmav checkout to time beside this one")
     args = p.parse_args()
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     first_line_seconds(MAV, env)  # fills the cache and the OS file cache
-    bare, warm = [], []
-    for _ in range(args.rounds):
+    base_dir = str(Path(args.baseline).resolve()) if args.baseline else None
+    base_env = dict(env, PYTHONPATH=os.pathsep.join(filter(None, [base_dir, env.get("PYTHONPATH")])))
+    if base_dir:
+        first_line_seconds(MAV, base_env, cwd=base_dir)
+    bare, warm, base = [], [], []
+    for i in range(args.rounds):
         bare.append(run_seconds([sys.executable, "-c", "import torch, transformers"], env))
+        if base_dir and i % 2:  # alternate the order, so neither always runs right after the bare import
+            base.append(first_line_seconds(MAV, base_env, cwd=base_dir))
         warm.append(first_line_seconds(MAV, env))
+        if base_dir and not i % 2:
+            base.append(first_line_seconds(MAV, base_env, cwd=base_dir))
     rows = [("bare import of torch and transformers", statistics.median(bare)),
             ("warm first token (mav --format jsonl)", statistics.median(warm))]
+    if base_dir:
+        rows.append((f"warm first token, baseline ({args.baseline})", statistics.median(base)))
     if args.cold:
         with tempfile.TemporaryDirectory() as cache:
             rows.append(("cold first token (empty model cache)",

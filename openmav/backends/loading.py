@@ -89,8 +89,7 @@ def find_parts(model, verify: bool = True) -> ModelParts:
     back to inference.  A cached step is checked against an uncached forward too: where
     they differ, the step loop runs the whole sequence each step (``parts.cached_steps``).  One line names what failed when neither passes.
     """
-    from .infer import infer_adapter
-    from .verify import cached_steps_match, verify_parts
+    from .verify import verify_parts
 
     config = model.config
     model_type = getattr(config, "model_type", None)
@@ -100,15 +99,15 @@ def find_parts(model, verify: bool = True) -> ModelParts:
         try:
             parts = ModelParts.resolve(model, declared)
             if verify:
-                verify_parts(model, parts)
-                return _checked(model, parts)
+                return _checked(model, parts, verify_parts(model, parts))
             return parts
         except Exception as exc:  # noqa: BLE001 - any failure of a row is a reason to try inference
             failures.append(f"declared adapter {declared.name}: {_reason(exc)}")
     try:
+        from .infer import infer_adapter  # only here: a declared row needs no search
+
         parts = ModelParts.resolve(model, infer_adapter(model), inferred=True)
-        verify_parts(model, parts)
-        return _checked(model, parts)
+        return _checked(model, parts, verify_parts(model, parts))
     except Exception as exc:  # noqa: BLE001 - reported as one line below
         failures.append(f"inferred adapter: {_reason(exc)}")
     raise UnsupportedModelError(f"{type(model).__name__} ({model_type}) cannot be read safely: "
@@ -137,13 +136,14 @@ def _refuse_encoder_config(location: str, name: str) -> None:
     _refuse_encoder(type("ConfigOnly", (), {"config": config})(), name)
 
 
-def _checked(model, parts: ModelParts) -> ModelParts:
-    """The load-time checks beyond the invariants: cached steps, and the fast attention-rows function."""
-    from ..capture.fast_attention import rows_match_eager
-    from .verify import cached_steps_match
+def _checked(model, parts: ModelParts, reference) -> ModelParts:
+    """The load-time checks beyond the invariants, on the invariants' reference forward: cached steps
+    and the fast attention-rows function, in the attention implementations the step loop runs
+    (:func:`openmav.backends.verify.check_steps`)."""
+    from .verify import check_steps
 
-    rows = parts.has_attention and rows_match_eager(model, parts)
-    return replace(parts, cached_steps=cached_steps_match(model), rows_function=rows)
+    rows, cached = check_steps(model, parts, reference)
+    return replace(parts, cached_steps=cached, rows_function=rows)
 
 
 def _reason(exc: Exception) -> str:
@@ -220,9 +220,42 @@ def _from_pretrained(location: str, dtype: torch.dtype, **kwargs):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     shared = {k: v for k, v in kwargs.items() if k not in MODEL_ONLY_KWARGS}
-    tokenizer = AutoTokenizer.from_pretrained(location, **shared)
+    tokenizer = AutoTokenizer.from_pretrained(location, **shared, **_known_added_tokens(location, shared))
     model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **kwargs)
     return model, tokenizer
+
+
+def _known_added_tokens(location: str, kwargs: dict) -> dict:
+    """``{"added_tokens_decoder": ...}`` for a cache entry whose ``tokenizer.json`` was parsed when the
+    entry was checked (:func:`openmav.backends.sources.entry_added_tokens`), where transformers would
+    parse it again for them: ``tokenizer_config.json`` lists none and no older token files sit beside
+    it.  The same :class:`AddedToken` objects transformers builds from that file; ``{}`` otherwise."""
+    import json
+    import os
+
+    from .sources import entry_added_tokens
+
+    added = None if "added_tokens_decoder" in kwargs else entry_added_tokens(location)
+    if added is None or any(os.path.exists(os.path.join(location, name))
+                            for name in ("special_tokens_map.json", "added_tokens.json")):
+        return {}
+    try:
+        with open(os.path.join(location, "tokenizer_config.json"), encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(config, dict) or "added_tokens_decoder" in config:
+        return {}
+    from transformers.tokenization_utils_base import AddedToken
+
+    decoder = {}
+    try:
+        for token in added:
+            index = token.pop("id")
+            decoder[index] = AddedToken(**token)
+    except TypeError:  # a field this AddedToken does not take: transformers reads the file itself
+        return {}
+    return {"added_tokens_decoder": decoder}
 
 
 DEVICE_MAP_NAMES = ("auto", "balanced", "balanced_low_0", "sequential")

@@ -59,13 +59,14 @@ class Probe:
 
 
 def probe_forward(model, modules=(), inputs_of=(), edits: dict | None = None,
-                  output_attentions: bool = True) -> Probe:
-    """Run ``model`` once on :data:`PROBE_IDS`; record outputs of ``modules``, inputs of ``inputs_of``.
+                  output_attentions: bool = True, ids: torch.Tensor | None = None) -> Probe:
+    """Run ``model`` once on ``ids`` (default :data:`PROBE_IDS`, ``[1, P]``); record outputs of
+    ``modules``, inputs of ``inputs_of``.
 
     ``edits`` maps a module to a function applied to its first input (a forward pre-hook),
     e.g. zeroing the input of an attention output projection.
     """
-    ids = probe_ids(model)
+    ids = probe_ids(model) if ids is None else ids
     probe = Probe(ids=ids)
     handles = []
 

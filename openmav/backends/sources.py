@@ -313,6 +313,8 @@ def entry_problem(entry: Path, sha256: str | None = None) -> str | None:
                     return f"{name} does not parse"
                 if name == "config.json" and not isinstance(parsed, dict):
                     return "config.json is not a model config"
+                if name == "tokenizer.json" and isinstance(parsed, dict):
+                    _remember_added_tokens(entry / name, parsed.get("added_tokens"))
             elif name.endswith(".safetensors"):
                 problem = _safetensors_problem(entry / name)
                 if problem:
@@ -320,6 +322,35 @@ def entry_problem(entry: Path, sha256: str | None = None) -> str | None:
     except OSError as exc:
         return f"it cannot be read ({exc.strerror or exc})"
     return None
+
+
+_ADDED_TOKENS: dict[str, tuple] = {}  # tokenizer.json path -> (size, mtime_ns, its "added_tokens")
+
+
+def _remember_added_tokens(path: Path, added) -> None:
+    if isinstance(added, list) and all(isinstance(t, dict) and isinstance(t.get("id"), int) for t in added):
+        try:
+            st = path.stat()
+        except OSError:
+            return
+        _ADDED_TOKENS[str(path)] = (st.st_size, st.st_mtime_ns, added)
+
+
+def entry_added_tokens(folder: str | Path) -> list[dict] | None:
+    """The ``added_tokens`` of ``folder/tokenizer.json`` as :func:`entry_problem` parsed them when it
+    checked the entry (a cache entry opened in this process), while the file is unchanged; else ``None``.
+
+    transformers parses the whole ``tokenizer.json`` once more (tenths of a second) for just
+    these when ``tokenizer_config.json`` does not list them; the loader hands them over instead."""
+    path = Path(folder) / "tokenizer.json"
+    known = _ADDED_TOKENS.get(str(path))
+    if known is None:
+        return None
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [dict(t) for t in known[2]] if (st.st_size, st.st_mtime_ns) == known[:2] else None
 
 
 def dequantize_gguf(gguf_path: Path, out_dir: Path) -> None:

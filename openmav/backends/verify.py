@@ -1,7 +1,8 @@
 """The invariants that make an adapter trustworthy, checked on the model itself at load.
 
-:func:`verify_parts` runs two short forwards (eight tokens, eager attention) and checks,
-for every layer, the same invariants the test suite uses:
+:func:`verify_parts` runs one reference forward (:func:`check_ids`: twelve tokens, or past a
+short sliding window; eager attention) and one short ablated forward, and checks, for
+every layer, the same invariants the test suite uses:
 
 1. **residual decomposition**: ``attn_out + mlp_out == resid_post - resid_pre`` (times the
    residual scale; through the two post-LayerNorms for ``post_ln`` blocks);
@@ -15,16 +16,24 @@ for every layer, the same invariants the test suite uses:
 
 Any failure raises :class:`~openmav.errors.UnsupportedModelError` with one line naming
 the layer and the invariant; numbers from an unverified adapter are never shown.
+
+:func:`check_steps` then checks the step loop's own path on the same reference: a
+prefill plus cached one-token steps, in each attention implementation the step loop
+runs (the attention-rows function where its rows equal eager attention, else eager;
+and the model's own implementation when attention is not captured), must give the
+reference's logits (and, for the rows function, its attention rows).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import torch
 
 from ..errors import UnsupportedModelError
 from .adapters import find_module
-from .parts import ModelParts
-from .probe import probe_forward
+from .parts import ModelParts, config_int, text_config
+from .probe import probe_forward, probe_ids
 
 
 def tolerance(model) -> float:
@@ -47,16 +56,38 @@ def compose(parts: ModelParts, layer: int, pre: torch.Tensor, attn: torch.Tensor
     return pre + s * attn + (0 if mlp is None else parts.mlp_scale * mlp)
 
 
-def verify_parts(model, parts: ModelParts) -> None:
-    """Check every invariant above on ``model``; raise one line naming what failed."""
+def check_length(model) -> tuple[int, tuple[int, ...]]:
+    """``(tokens, steps)`` of the load-time checks: twelve tokens (beyond a top-8 selection), or past a
+    short sliding window (``window + 4``); the cached-step checks run the last ``n`` tokens one at a
+    time for each ``n`` in ``steps`` (3, and up to the window for a short one)."""
+    window = config_int(text_config(model.config), "sliding_window", "attention_window_size", "window_size",
+                        "keep_window_size", "local_window_size")
+    if window and window + 4 <= 64:  # cross a short window: prefill past it, then up to it
+        return window + 4, (3, 6)
+    return 12, (3,)
+
+
+def check_ids(model) -> torch.Tensor:
+    """The token ids ``[1, T]`` every load-time check runs on (the probe ids, repeated to :func:`check_length`)."""
+    ids = probe_ids(model)
+    length = check_length(model)[0]
+    return ids.repeat(1, length // ids.shape[1] + 1)[:, :length]
+
+
+def verify_parts(model, parts: ModelParts, ids: torch.Tensor | None = None):
+    """Check every invariant above on ``model``; raise one line naming what failed.
+
+    Returns the reference forward (a :class:`~openmav.backends.probe.Probe`: eager attention,
+    no cache, on ``ids``, default :func:`check_ids`), which the step checks reuse."""
     tol = tolerance(model)
+    ids = check_ids(model) if ids is None else ids
     watch = [*parts.blocks, *(m for m in parts.attn_out if m is not None), *(m for b in parts.blocks
                                                 for m in [find_module(b, parts.adapter.resid_in)] if m is not None), *(m for m in parts.mlp_out if m is not None),
              *(m for e in parts.attn_extra + parts.mlp_extra for m in e),
              *(a for a in parts.attn if a is not None)]
     inputs = [*parts.blocks, *(o for o in parts.o_proj if o is not None)]
     try:
-        run = probe_forward(model, watch, inputs_of=inputs, output_attentions=parts.has_attention)
+        run = probe_forward(model, watch, inputs_of=inputs, output_attentions=parts.has_attention, ids=ids)
     except UnsupportedModelError:
         raise
     except Exception as exc:  # the forward itself failed: not a model we can read
@@ -67,44 +98,258 @@ def verify_parts(model, parts: ModelParts) -> None:
     if parts.has_attention:
         _check_attention(parts, run, tol)
         _check_head_slices(model, parts, run, tol)
+    return run
 
 
-def cached_steps_match(model) -> bool:
-    """Whether a prefill plus three cached steps give the logits of one uncached forward.
+# --- cached steps and the attention-rows function, on the reference forward ---------------------------------------
 
-    Checked at load with the model's own attention implementation and with eager
-    attention; where it fails (a cache this loop cannot carry), the step loop runs the
-    whole sequence each step.
-    """
-
-    return all(_cached_steps_match(model, impl) for impl in (None, "eager"))
+ROWS_TOL = 1e-5  # the rows function's rows against eager attention's (fp32); logits 10x that, relative
 
 
-def _cached_steps_match(model, impl: str | None) -> bool:
+@dataclass
+class CachedRun:
+    """What a prefill plus one-token cached steps gave: per call, the logits ``[q, V]`` and,
+    per module asked for, the attention weights ``[1, h, q, k]``."""
+
+    logits: list = field(default_factory=list)
+    weights: dict = field(default_factory=dict)
+
+
+def cached_run(model, impl: str | None, ids: torch.Tensor, n: int, modules=(), output_attentions: bool = False,
+               prefilled=None, forks: dict | None = None) -> CachedRun | None:
+    """Run ``ids[:, :-n]`` as a prefill, then the last ``n`` tokens one at a time with the model's cache
+    (:class:`~openmav.capture.cached_forward.CachedForward`, as the step loop does), in attention
+    implementation ``impl``; ``None`` when that fails to run.
+
+    ``prefilled``: the state of another run right after the same prefill (from its ``forks``), carried
+    on instead of running the prefill again (``logits[0]`` is then ``None``); ``forks``: receives this
+    run's state after its prefill under ``n`` (a copy of the cache; the model's own tensors shared)."""
     from ..capture.cached_forward import CachedForward
     from ..capture.hooks import attention_implementation
-    from .probe import probe_ids
+    from .probe import weights_of
 
-    from .parts import config_int, text_config
+    run = CachedRun(weights={m: [] for m in modules})
 
-    ids = probe_ids(model)
-    window = config_int(text_config(model.config), "sliding_window", "attention_window_size", "window_size",
-                        "keep_window_size", "local_window_size")
-    length = window + 4 if window and window + 4 <= 64 else 12  # cross a short window; beyond a top-8 selection
-    ids = ids.repeat(1, length // ids.shape[1] + 1)[:, :length]
-    for n in sorted({3, length - window + 2} if window and window + 4 <= 64 else {3}):  # prefill past, then up to
-        try:                                                                          # the window
-            with torch.no_grad(), attention_implementation(model, impl):
-                step = CachedForward(model)
-                step(ids[:, :-n])
-                cached = torch.stack([step(ids[:, i:i + 1]).logits[0, -1].float()
-                                      for i in range(length - n, length)])
-                full = model(input_ids=ids, use_cache=False).logits[0, -n:].float()
-        except Exception:  # noqa: BLE001 - a cache that fails to run is a cache not to use
+    def keep(mod, args, output):
+        w = weights_of(output)
+        if w is not None:
+            run.weights[mod].append(w.detach().float().clone())
+
+    handles = [m.register_forward_hook(keep) for m in run.weights]
+    length = ids.shape[1]
+    try:
+        with torch.no_grad(), attention_implementation(model, impl):
+            step = CachedForward(model, output_attentions=output_attentions)
+            if prefilled is None:
+                run.logits.append(step(ids[:, :length - n]).logits[0].float())
+            else:
+                step.state, step.seen, step.history, step.stateless = prefilled
+                run.logits.append(None)
+            if forks is not None:
+                forks[n] = _fork(model, step)
+            for i in range(length - n, length):
+                run.logits.append(step(ids[:, i:i + 1]).logits[0].float())
+    except Exception:  # noqa: BLE001 - a cache that fails to run is a cache not to use
+        return None
+    finally:
+        for h in handles:
+            h.remove()
+    return run
+
+
+def _fork(model, step):
+    """``step``'s state, to go on from in another run: the cache deep-copied, the model's modules and
+    tensors shared (a cache that refers to them does not copy the weights); ``None`` if it cannot be copied."""
+    import copy
+
+    try:
+        memo = {id(x): x for x in (*model.modules(), *model.parameters(), *model.buffers())}
+        state = None if step.state is None else (step.state[0], copy.deepcopy(step.state[1], memo))
+    except Exception:  # noqa: BLE001 - the other run does its own prefill
+        return None
+    return state, step.seen, step.history, step.stateless
+
+
+def _uncached_logits(model, impl: str | None, ids: torch.Tensor) -> torch.Tensor:
+    from ..capture.hooks import attention_implementation
+
+    with torch.no_grad(), attention_implementation(model, impl):
+        return model(input_ids=ids, use_cache=False).logits[0].float()
+
+
+def _steps_close(run: CachedRun, full: torch.Tensor, n: int, tol: float) -> bool:
+    cached = torch.stack([logits[-1] for logits in run.logits[1:]])
+    return cached.shape == full[-n:].shape and _rel(cached, full[-n:]) <= tol
+
+
+def steps_match(model, impl: str | None, reference=None, output_attentions: bool = False,
+                ids: torch.Tensor | None = None, prefilled: dict | None = None, forks: dict | None = None) -> bool:
+    """Whether a prefill plus cached steps in ``impl`` give the logits of one uncached forward.
+
+    Compared with ``reference`` (the eager forward of :func:`verify_parts`) where given and
+    within tolerance, else with ``impl``'s own uncached forward (one more forward), so an
+    implementation that differs from eager only in rounding is judged on itself.  ``prefilled``
+    (``n`` -> state, another run's ``forks``): the steps go on from another implementation's
+    prefill of the same tokens (the cache holds the same keys and values); where that does not
+    match the reference, the run is judged again on a prefill of its own."""
+    ids = reference.ids if reference is not None else (check_ids(model) if ids is None else ids)
+    tol = tolerance(model)
+    if reference is not None and reference.logits is None:
+        reference = None
+    own = reference.logits[0] if reference is not None and _impl_name(model, impl) == "eager" else None
+    for n in check_length(model)[1]:
+        if n >= ids.shape[1]:
+            continue
+        start = (prefilled or {}).get(n)
+        run = cached_run(model, impl, ids, n, output_attentions=output_attentions, prefilled=start, forks=forks)
+        if start is not None and (run is None or reference is None
+                                  or not _steps_close(run, reference.logits[0], n, tol)):
+            run = cached_run(model, impl, ids, n, output_attentions=output_attentions, forks=forks)
+        if run is None:
             return False
-        if _rel(cached, full) > tolerance(model):
+        if reference is not None and _steps_close(run, reference.logits[0], n, tol):
+            continue
+        if own is None:
+            try:
+                own = _uncached_logits(model, impl, ids)
+            except Exception:  # noqa: BLE001
+                return False
+        if not _steps_close(run, own, n, tol):
             return False
     return True
+
+
+def cached_steps_match(model, impls=(None, "eager"), reference=None) -> bool:
+    """Whether a prefill plus cached steps give the logits of one uncached forward, in every
+    attention implementation of ``impls`` (``None``: the model's own); where it fails (a cache
+    this loop cannot carry), the step loop runs the whole sequence each step."""
+    names = dict.fromkeys(_impl_name(model, impl) for impl in impls)
+    return all(steps_match(model, None if name == _impl_name(model, None) else name, reference) for name in names)
+
+
+def _impl_name(model, impl: str | None) -> str | None:
+    return impl if impl is not None else getattr(model.config, "_attn_implementation", None)
+
+
+def _rows_equal(run: CachedRun, reference, modules, n: int, tol: float) -> bool:
+    """The rows of each call of a cached run equal the reference's (eager, whole sequence), and so do the logits.
+
+    A sliding-window layer's cache may keep only the last keys: its rows are the right end
+    of the reference's, whose left end must then be zero."""
+    length = reference.ids.shape[1]
+    prefill = length - n
+    diffs = []
+    for m in modules:
+        calls, ref = run.weights.get(m) or [], reference.weights.get(m)
+        if ref is None or len(calls) != n + 1:
+            return False
+        for k, w in enumerate(calls):
+            q0, q1 = (0, prefill) if k == 0 else (prefill + k - 1, prefill + k)
+            expected = ref[..., q0:q1, :q1]
+            if w.dim() != 4 or w.shape[:-1] != expected.shape[:-1] or w.shape[-1] > q1:
+                return False
+            cut = q1 - w.shape[-1]
+            if cut:
+                diffs.append(expected[..., :cut].abs().max())
+            diffs.append((w - expected[..., cut:].to(w.device)).abs().max())
+    logits = torch.cat(run.logits)
+    full = reference.logits[0]
+    if logits.shape != full.shape:
+        return False
+    rows_err = float(torch.stack([d.to(diffs[0].device) for d in diffs]).max()) if diffs else 0.0
+    return rows_err <= tol and float((logits - full).abs().max()) <= 10 * tol * max(1.0, float(full.abs().max()))
+
+
+def check_steps(model, parts: ModelParts, reference) -> tuple[bool, bool]:
+    """``(rows_function, cached_steps)`` for ``parts``, on the reference forward of :func:`verify_parts`.
+
+    Only the implementations the step loop runs are checked: with attention captured, the
+    attention-rows function (:mod:`openmav.capture.fast_attention`) where a prefill plus
+    cached steps through it give eager attention's rows and logits (1e-5), else eager
+    attention; without, the model's own implementation.  A cached run that fails is
+    judged again the way it was before sharing forwards: the rows function on one
+    uncached forward, each cache against its own implementation's uncached forward.
+    """
+    rows, ok, capture, forks = False, True, None, {}
+    if parts.has_attention:
+        rows, ok = _rows_function_check(model, parts, reference, forks)
+        if rows:
+            from ..capture.fast_attention import NAME as capture
+        else:
+            capture, forks = "eager", {}
+            ok = steps_match(model, "eager", reference, output_attentions=True, forks=forks)
+    own = getattr(model.config, "_attn_implementation", None)
+    if ok and (capture is None or own != capture):  # the model's own implementation: attention not captured
+        ok = steps_match(model, None, reference, prefilled=forks)
+    return rows, ok
+
+
+def _rows_function_check(model, parts: ModelParts, reference, forks: dict | None = None) -> tuple[bool, bool]:
+    """``(the rows function equals eager attention, cached steps through it give the reference's logits)``.
+
+    In half precision the rows seldom agree to 1e-5 (the fast kernel's rounding reaches the next
+    layers), so the one uncached forward decides first there; in fp32 the cached run does."""
+    from ..capture import fast_attention
+
+    name = fast_attention.register()
+    whole = None
+    if tolerance(model) > 1e-4:
+        whole = fast_attention.rows_match_eager(model, parts, ROWS_TOL, reference=reference)
+        if not whole:
+            return False, False
+    mods = [parts.attn[i] for i in parts.attention_layers]
+    rounds = [n for n in check_length(model)[1] if n < reference.ids.shape[1]]
+    fast_attention.STATE.full = True  # whole patterns from the prefill
+    runs = [cached_run(model, name, reference.ids, n, mods, output_attentions=True, forks=forks) for n in rounds]
+    if getattr(model.config, "_attn_implementation", None) == name:
+        return False, False  # not switched back: never leave a model changed
+    if rounds and reference.logits is not None and \
+            all(run is not None and _rows_equal(run, reference, mods, n, ROWS_TOL) for run, n in zip(runs, rounds)):
+        return True, True
+    if whole is None:
+        whole = fast_attention.rows_match_eager(model, parts, ROWS_TOL, reference=reference)
+    if not whole:
+        return False, False
+    if forks is not None:
+        forks.clear()  # from runs that did not match: the next implementation does its own prefill
+    return True, steps_match(model, name, output_attentions=True, ids=reference.ids)
+
+
+# --- the invariants ---------------------------------------------------------------------------------------------
+
+class _Failures:
+    """Per-layer checks in layer order, their numbers read in one transfer (no sync per layer on a GPU).
+
+    ``check(value, limit, message)`` fails when ``value > limit`` (``value`` a 0-dim tensor; NaN
+    passes unless ``nan_fails``, as a ``>`` comparison has it); ``fail(message)`` fails
+    unconditionally and ends the list (nothing after it could be reported first)."""
+
+    def __init__(self):
+        self.items: list = []
+        self.closed = False
+
+    def check(self, value, limit: float, message, nan_fails: bool = False) -> None:
+        if not self.closed:
+            self.items.append((value, limit, message, nan_fails))
+
+    def fail(self, message: str) -> None:
+        if not self.closed:
+            self.items.append((None, 0.0, message, True))
+            self.closed = True
+
+    def raise_first(self) -> None:
+        tensors = [v.reshape(1).float() for v, *_ in self.items if isinstance(v, torch.Tensor)]
+        values = iter(torch.cat([t.to(tensors[0].device) for t in tensors]).tolist()) if tensors else iter(())
+        for value, limit, message, nan_fails in self.items:
+            if value is None:
+                raise UnsupportedModelError(message)
+            x = next(values) if isinstance(value, torch.Tensor) else float(value)
+            if x > limit or (nan_fails and x != x):
+                raise UnsupportedModelError(message(x) if callable(message) else message)
+
+
+def _rel_t(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a - b).abs().max() / b.abs().max().clamp_min(1.0)
 
 
 def _get(run, module, what: str, layer: int):
@@ -114,30 +359,36 @@ def _get(run, module, what: str, layer: int):
 
 
 def _check_decomposition(parts: ModelParts, run, tol: float) -> None:
+    failures = _Failures()
     for layer, block in enumerate(parts.blocks):
         if layer in parts.skipped_layers:
             if block in run.outputs:
-                raise UnsupportedModelError(f"layer {layer} was to be skipped by text-only input but ran")
+                failures.fail(f"layer {layer} was to be skipped by text-only input but ran")
+                break
             continue
-        pre = run.inputs.get(block)
-        first = find_module(block, parts.adapter.resid_in)
-        if first is not None and first in run.outputs:  # the block norms its own input before anything else
-            pre = run.outputs[first]
-        post = _get(run, block, "block", layer)
-        if pre is None or pre.shape != post.shape:
-            raise UnsupportedModelError(f"layer {layer}: the block's residual input could not be read")
-        attn = _get(run, parts.attn_out[layer], "attention output", layer)
-        attn = attn + sum(_get(run, m, "attention output", layer) for m in parts.attn_extra[layer])
-        mlp_mod = parts.mlp_out[layer]
-        mlp = _get(run, mlp_mod, "MLP output", layer) if mlp_mod is not None else None
-        if mlp is not None:
-            mlp = mlp + sum(_get(run, m, "MLP output", layer) for m in parts.mlp_extra[layer])
-        if attn.shape != post.shape or (mlp is not None and mlp.shape != post.shape):
-            raise UnsupportedModelError(f"layer {layer}: attention/MLP outputs are not residual-shaped")
-        err = _rel(compose(parts, layer, pre, attn, mlp), post)
-        if err > tol:
-            raise UnsupportedModelError(f"layer {layer}: attention + MLP outputs do not add up to the block's "
-                                        f"change of the residual stream (relative error {err:.1e})")
+        try:
+            pre = run.inputs.get(block)
+            first = find_module(block, parts.adapter.resid_in)
+            if first is not None and first in run.outputs:  # the block norms its own input before anything else
+                pre = run.outputs[first]
+            post = _get(run, block, "block", layer)
+            if pre is None or pre.shape != post.shape:
+                raise UnsupportedModelError(f"layer {layer}: the block's residual input could not be read")
+            attn = _get(run, parts.attn_out[layer], "attention output", layer)
+            attn = attn + sum(_get(run, m, "attention output", layer) for m in parts.attn_extra[layer])
+            mlp_mod = parts.mlp_out[layer]
+            mlp = _get(run, mlp_mod, "MLP output", layer) if mlp_mod is not None else None
+            if mlp is not None:
+                mlp = mlp + sum(_get(run, m, "MLP output", layer) for m in parts.mlp_extra[layer])
+            if attn.shape != post.shape or (mlp is not None and mlp.shape != post.shape):
+                raise UnsupportedModelError(f"layer {layer}: attention/MLP outputs are not residual-shaped")
+            err = _rel_t(compose(parts, layer, pre, attn, mlp), post)
+        except UnsupportedModelError as exc:
+            failures.fail(str(exc))
+            break
+        failures.check(err, tol, lambda e, layer=layer: f"layer {layer}: attention + MLP outputs do not add up to "
+                       f"the block's change of the residual stream (relative error {e:.1e})")
+    failures.raise_first()
 
 
 def _check_lens(parts: ModelParts, run, tol: float) -> None:
@@ -158,26 +409,33 @@ def _check_lens(parts: ModelParts, run, tol: float) -> None:
 def _check_attention(parts: ModelParts, run, tol: float) -> None:
     seq = run.ids.shape[1]
     recorded = list(run.attentions or ())
+    failures = _Failures()
     for j, layer in enumerate(parts.attention_layers):
         w = run.weights.get(parts.attn[layer])
         if w is None:
-            raise UnsupportedModelError(f"layer {layer}: {type(parts.attn[layer]).__name__} returned no attention "
-                                        "weights in eager mode")
+            failures.fail(f"layer {layer}: {type(parts.attn[layer]).__name__} returned no attention "
+                          "weights in eager mode")
+            break
         if w.shape[1] != parts.n_heads or w.shape[-2:] != (seq, seq):
-            raise UnsupportedModelError(f"layer {layer}: attention weights are {tuple(w.shape)}, expected "
-                                        f"[1, {parts.n_heads}, {seq}, {seq}]")
+            failures.fail(f"layer {layer}: attention weights are {tuple(w.shape)}, expected "
+                          f"[1, {parts.n_heads}, {seq}, {seq}]")
+            break
         sums = w.sum(-1)
-        ok = (sums <= 1 + tol).all() and (sums > 0).all() if parts.adapter.sinks else \
-            bool(((sums - 1).abs() <= max(tol, 1e-5)).all())
-        if not ok:
-            raise UnsupportedModelError(f"layer {layer}: attention rows do not sum to 1")
-        if float(torch.triu(w[0], diagonal=1).abs().max()) > tol:
-            hint = " (BERT-style models run causally only with is_decoder=True)" \
-                if getattr(parts.blocks[0], "is_decoder", None) is False or \
-                getattr(getattr(parts.attn[layer], "config", None), "is_decoder", None) is False else ""
-            raise UnsupportedModelError(f"layer {layer}: attention looks at later tokens (not causal){hint}")
-        if len(recorded) == len(parts.attention_layers) and _rel(w, recorded[j]) > tol:
-            raise UnsupportedModelError(f"layer {layer}: captured attention differs from output_attentions")
+        ok = ((sums <= 1 + tol) & (sums > 0)).all() if parts.adapter.sinks else \
+            ((sums - 1).abs() <= max(tol, 1e-5)).all()
+        failures.check((~ok).float(), 0.5, f"layer {layer}: attention rows do not sum to 1")
+        hint = " (BERT-style models run causally only with is_decoder=True)" \
+            if getattr(parts.blocks[0], "is_decoder", None) is False or \
+            getattr(getattr(parts.attn[layer], "config", None), "is_decoder", None) is False else ""
+        failures.check(torch.triu(w[0], diagonal=1).abs().max(), tol,
+                       f"layer {layer}: attention looks at later tokens (not causal){hint}")
+        if len(recorded) == len(parts.attention_layers):
+            failures.check(_rel_t(w, recorded[j].to(w.device)), tol,
+                           f"layer {layer}: captured attention differs from output_attentions")
+    failures.raise_first()
+
+
+HEAD_SLICE_TOKENS = 4  # the ablated forward: constant over these positions once every head is zeroed
 
 
 def _check_head_slices(model, parts: ModelParts, run, tol: float) -> None:
@@ -190,18 +448,29 @@ def _check_head_slices(model, parts: ModelParts, run, tol: float) -> None:
                                         f"{parts.n_heads} heads x {parts.head_dim}")
     edits = {parts.o_proj[layer]: torch.zeros_like for layer in parts.attention_layers}
     mods = [m for layer in parts.attention_layers for m in (parts.attn_out[layer], parts.attn[layer])]
-    ablated = probe_forward(model, mods, edits=edits, output_attentions=False)
+    ablated = probe_forward(model, mods, edits=edits, output_attentions=False,
+                            ids=run.ids[:, :HEAD_SLICE_TOKENS])
 
-    def silenced(module) -> bool:  # constant over positions once every head is zeroed, varying before
+    def silenced(module):  # constant over positions once every head is zeroed, varying before
         out, normal = ablated.outputs.get(module), run.outputs.get(module)
-        if out is None or normal is None or out.shape != normal.shape or out.dim() != 3:
-            return False
-        return _rel(out[:, 1:], out[:, :1].expand_as(out[:, 1:])) <= tol < \
-            _rel(normal[:, 1:], normal[:, :1].expand_as(normal[:, 1:]))
+        if out is None or normal is None or out.dim() != 3 or normal.dim() != 3:
+            return None
+        normal = normal[:, :out.shape[1]]
+        if out.shape != normal.shape or out.shape[1] < 2:
+            return None
+        # <= 0 when silenced: the ablated output is constant and the normal one is not
+        return torch.maximum(_rel_t(out[:, 1:], out[:, :1].expand_as(out[:, 1:])) - tol,
+                             tol - _rel_t(normal[:, 1:], normal[:, :1].expand_as(normal[:, 1:])).to(out.device))
 
+    failures = _Failures()
     for layer in parts.attention_layers:
         # the attention module's own output (its output projection is last), or what it adds to the residual
-        if not (silenced(parts.attn[layer]) or silenced(parts.attn_out[layer])):
-            raise UnsupportedModelError(f"layer {layer}: zeroing every head's slice of "
-                                        f"{type(parts.o_proj[layer]).__name__}'s input does not silence the "
-                                        "attention output: the output projection is not the one found")
+        scores = [s for s in (silenced(parts.attn[layer]), silenced(parts.attn_out[layer])) if s is not None]
+        message = (f"layer {layer}: zeroing every head's slice of {type(parts.o_proj[layer]).__name__}'s input "
+                   "does not silence the attention output: the output projection is not the one found")
+        if not scores:
+            failures.fail(message)
+            break
+        score = torch.fmin(scores[0], scores[1].to(scores[0].device)) if len(scores) == 2 else scores[0]
+        failures.check(score, 0.0, message, nan_fails=True)
+    failures.raise_first()

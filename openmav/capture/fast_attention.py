@@ -2,13 +2,16 @@
 
 Capturing attention used to mean switching a model to eager attention for the whole
 forward.  :func:`openmav_attention` is registered as the attention function
-``"openmav_rows"`` (``transformers.AttentionInterface``): it computes the attention
-*output* with the fast kernel (SDPA), and beside it only the probability rows a
+``"openmav_rows"`` (``transformers.AttentionInterface``): over a prompt it computes the
+attention *output* with the fast kernel (SDPA), and beside it only the probability rows a
 capture needs, with the model's own scaling, mask (causal, sliding window), soft-cap
 and attention sinks:
 
 - a decoding step (one query) costs one ``[heads, 1, d] x [d, keys]`` product and a
-  softmax over the cached keys;
+  softmax over the cached keys, and its output is those probabilities times the values
+  (eager's arithmetic, with the heads that share a key/value head grouped, so no key is
+  copied): at one query that is as cheap as the fused kernel, which would compute the
+  same scores again;
 - the prefill returns the whole ``[heads, query, key]`` pattern only when a view asked
   for the prompt's attention (:data:`STATE` ``.full``), else only its last row.
 
@@ -50,6 +53,8 @@ def openmav_attention(module, query, key, value, attention_mask, dropout: float 
     sinks = kwargs.get("s_aux", getattr(module, "sinks", None))
     bias = kwargs.get("position_bias")
     exact = softcap is not None or sinks is not None or bias is not None or dropout
+    if not exact and query.shape[2] == 1:
+        return _decode_step(query, key, value, attention_mask, scale)
     q = query if (STATE.full or exact) else query[:, :, -1:]
     keys = _repeat_kv(key, groups)
     scores = torch.matmul(q, keys.transpose(2, 3)) * scale
@@ -75,6 +80,32 @@ def openmav_attention(module, query, key, value, attention_mask, dropout: float 
     return out, probs
 
 
+def _decode_step(query, key, value, attention_mask, scale: float):
+    """One query (a decoding step): the probabilities over the cached keys, and the output from them.
+
+    The eager arithmetic, without its copies: the query heads that share a key/value head are
+    multiplied together against that head's keys (``[b * kv, groups, d] x [b * kv, d, k]``, no
+    repeated keys), the scale and the additive mask enter the same fused product, and the output is
+    the probabilities times the values in the same grouping.  At one query this costs about what the
+    fast kernel alone does, and the output is the one eager attention gives."""
+    b, h, _, d = query.shape
+    kv, keys = key.shape[1], key.shape[2]
+    groups = h // kv
+    q = query.reshape(b * kv, groups, d)
+    k = key.reshape(b * kv, keys, d)
+    if attention_mask is not None:
+        # [b, 1 or h, q, >= k] -> the last query's row over these keys, one per query head
+        mask = attention_mask[:, :, -1, :keys].to(query.dtype)
+        if b > 1 or mask.shape[1] != 1:
+            mask = mask.expand(b, h, keys).reshape(b * kv, groups, keys)
+        scores = torch.baddbmm(mask, q, k.transpose(1, 2), alpha=scale)
+    else:
+        scores = torch.bmm(q, k.transpose(1, 2)).mul_(scale)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)  # [b * kv, groups, k]
+    out = torch.bmm(probs, value.reshape(b * kv, keys, value.shape[-1]))  # [b * kv, groups, d_v]
+    return out.reshape(b, 1, h, value.shape[-1]), probs.reshape(b, h, 1, keys)
+
+
 def register() -> str:
     """Register :func:`openmav_attention` under :data:`NAME` (idempotent) and return the name."""
     from transformers import AttentionInterface
@@ -92,18 +123,24 @@ def supports_registry(model) -> bool:
     return bool(getattr(type(model), "_supports_attention_backend", False))
 
 
-def rows_match_eager(model, parts, tol: float = 1e-5) -> bool:
-    """On the model itself: do this function's patterns and logits equal eager attention's?"""
+def rows_match_eager(model, parts, tol: float = 1e-5, reference=None) -> bool:
+    """On the model itself: do this function's patterns and logits equal eager attention's?
+
+    ``reference``: the eager forward already run on the model (a
+    :class:`~openmav.backends.probe.Probe` with these layers' weights and the logits, as
+    :func:`openmav.backends.verify.verify_parts` returns it); else one is run here.  At load,
+    :func:`openmav.backends.verify.check_steps` checks the same through a prefill and cached
+    steps first, and calls this only where that differs."""
     from ..backends.probe import probe_forward
     from .hooks import attention_implementation
 
     register()
     mods = [parts.attn[i] for i in parts.attention_layers]
     try:
-        eager = probe_forward(model, mods, output_attentions=False)
+        eager = reference if reference is not None else probe_forward(model, mods, output_attentions=False)
         with attention_implementation(model, NAME):
             STATE.full = True
-            fast = _probe_with(model, mods)
+            fast = _probe_with(model, mods, eager.ids)
     except Exception:  # noqa: BLE001 - a model this function cannot drive keeps eager attention
         return False
     if getattr(model.config, "_attn_implementation", None) == NAME:
@@ -112,15 +149,17 @@ def rows_match_eager(model, parts, tol: float = 1e-5) -> bool:
         a, b = eager.weights.get(m), fast.weights.get(m)
         if a is None or b is None or a.shape != b.shape or float((a - b).abs().max()) > tol:
             return False
+    if eager.logits is None:
+        return False
     scale = max(1.0, float(eager.logits.abs().max()))
     return float((eager.logits - fast.logits).abs().max()) <= 10 * tol * scale
 
 
-def _probe_with(model, mods):
+def _probe_with(model, mods, ids=None):
     """Like :func:`openmav.backends.probe.probe_forward`, in whatever attention the model has now."""
     from ..backends.probe import Probe, probe_ids, weights_of
 
-    ids = probe_ids(model)
+    ids = probe_ids(model) if ids is None else ids
     run = Probe(ids=ids)
     handles = [m.register_forward_hook(lambda mod, a, o: run.weights.__setitem__(mod, weights_of(o).float()))
                for m in mods]
