@@ -41,13 +41,28 @@ class MAVResult:
         return [m.record for m in self.measurements]
 
 
-def capture_config(panels, record_everything: bool = False):
-    """The :class:`CaptureConfig` that ``panels`` need (all captures if ``record_everything``)."""
+# steps per logit-lens product where no view shows each token as it comes (text and JSON lines, snapshot)
+STREAM_LENS_BATCH = 8
+
+
+def capture_config(panels, record_everything: bool = False, lens_batch: int = 1):
+    """The :class:`CaptureConfig` that ``panels`` need (all captures if ``record_everything``).
+
+    ``lens_batch``: steps per logit-lens product; 1 for the live and interactive views (the newest
+    token's lens in the next frame), :data:`STREAM_LENS_BATCH` for outputs that write records in order
+    without showing each at once (the records then come that many at a time, each with its lens)."""
     from .capture.step_loop import CaptureConfig
 
     needs = needed_captures(panels)
     return CaptureConfig(attention=record_everything or "attention" in needs, prompt_attention=False,
-                         logit_lens=record_everything or "logit_lens" in needs)
+                         logit_lens=record_everything or "logit_lens" in needs, lens_batch=lens_batch)
+
+
+def stream_lens_batch(mode: str, console) -> int:
+    """Steps per lens product for view ``mode`` (``auto`` resolved as :func:`run_view` does)."""
+    if mode == "auto":
+        mode = "live" if console.is_terminal else "text"
+    return STREAM_LENS_BATCH if mode in ("text", "jsonl", "snapshot") else 1
 
 
 def check_record_path(record) -> None:
@@ -234,7 +249,8 @@ def MAV(model: str | None = None, prompt: str | None = None, max_new_tokens: int
                            {"device_map": device_map, "offload_folder": offload_folder, "quantization": quantization})
         # the panels scale per panel themselves; the processor's *_normalized fields (for plugins) stay linear
         fetcher = StateFetcher(be, max_new_tokens, aggregation, "linear" if scale == "auto" else scale,
-                               capture_config(panels, record_everything=False))
+                               capture_config(panels, record_everything=False,
+                                              lens_batch=stream_lens_batch(mode, console)))
         stream = fetcher.fetch_next(prompt, temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p,
                                     repetition_penalty=repetition_penalty)
         title = f"mav · {_short(be.loaded.name)}"

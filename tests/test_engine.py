@@ -202,3 +202,31 @@ def test_an_abandoned_generator_leaves_the_model_clean(tiny):
         pass
     gc.collect()
     assert hook_count(lm) == before_hooks and lm.model.config._attn_implementation == before_impl
+
+
+def test_the_finite_check_is_the_entrywise_one():
+    """One reduction decides; a sum that overflows on finite logits is confirmed entry by entry, not refused."""
+    from openmav.capture.step_loop import _check_finite
+    from openmav.errors import NonFiniteLogitsError
+
+    _check_finite(torch.full((1000,), 3e38), 0)  # finite entries whose sum overflows
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        x = torch.zeros(1000)
+        x[17] = bad
+        with pytest.raises(NonFiniteLogitsError):
+            _check_finite(x, 3)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_record_numbers_from_the_one_top_k(tiny, family):
+    """Top-k, its probabilities, the chosen probability and the greedy token, against the softmax of the
+    record's own logits; record 0 keeps its own row of logits, not the prefill's whole [prompt, vocab]."""
+    recs, _, _ = run(tiny(family), n=5)
+    for r in recs:
+        probs = torch.softmax(torch.from_numpy(r.logits), -1)
+        top = torch.topk(probs, len(r.top_ids))
+        assert r.top_ids.tolist() == top.indices.tolist()
+        np.testing.assert_allclose(r.top_probs, top.values.numpy(), rtol=1e-6, atol=0)
+        np.testing.assert_array_equal(r.top_logits, r.logits[r.top_ids])
+        assert r.token.id == int(np.argmax(r.logits)) and r.chosen_prob == pytest.approx(float(probs.max()), rel=1e-6)
+        assert torch.from_numpy(r.logits).untyped_storage().nbytes() == r.logits.nbytes

@@ -260,3 +260,46 @@ def test_the_default_places_the_lens_as_the_machine_says(tiny, monkeypatch):
 def test_a_batch_below_one_is_refused(tiny):
     with pytest.raises(ValueError, match="lens batch"):
         LensQueue(tiny("llama"), 5, batch=0)
+
+
+def _all_families():
+    from test_families import DECLARED, HYBRID
+
+    return [f for f in DECLARED + HYBRID if f not in ("bert", "bart")]  # the causal views' families
+
+
+@pytest.mark.parametrize("family", _all_families())
+def test_batched_background_lens_equals_inline_on_every_family(tiny, family):
+    """Every supported family: the lens batched over steps on the worker thread equals the lens computed
+    inline, step by step (top-k ids equal, probabilities 1e-6), records in order."""
+    lm = tiny(family)
+    inline = records(lm, n=5, lens_in_background=False, lens_batch=1)
+    assert_same_lens(inline, records(lm, n=5, lens_in_background=True, lens_batch=3))
+
+
+def test_the_record_stream_batches_its_lens_and_the_live_view_does_not(tiny):
+    from openmav.backends.model_backend_transformers import TransformersBackend
+    from openmav.mav import STREAM_LENS_BATCH, capture_config, stream_lens_batch
+    from openmav.processors.state_fetcher import RECORDS_LENS_BATCH, StateFetcher
+
+    lm = tiny("llama")
+    backend = TransformersBackend("tiny-llama", model_obj=lm.model, tokenizer_obj=lm.tokenizer, device="cpu")
+    fetcher = StateFetcher(backend, max_new_tokens=10, stop_at_eos=False)
+    assert fetcher.records(PROMPT).gi_frame.f_locals["capture"].lens_batch == RECORDS_LENS_BATCH
+    recs = list(fetcher.records(PROMPT))
+    assert [r.step for r in recs] == list(range(10)) and all(r.lens_ids is not None for r in recs)
+    live = list(fetcher.fetch_next(PROMPT))  # each token shown as it comes: its own lens at once
+    assert fetcher.capture.lens_batch == 1
+    for a, b in zip(recs, (m.record for m in live)):
+        assert a.lens_ids.tolist() == b.lens_ids.tolist()
+        np.testing.assert_allclose(a.lens_probs, b.lens_probs, atol=1e-6, rtol=0)
+
+    class Console:
+        is_terminal = False
+
+    assert stream_lens_batch("jsonl", Console) == stream_lens_batch("text", Console) == STREAM_LENS_BATCH
+    assert stream_lens_batch("auto", Console) == STREAM_LENS_BATCH  # not a terminal: text lines
+    Console.is_terminal = True
+    assert stream_lens_batch("auto", Console) == stream_lens_batch("live", Console) == 1
+    assert stream_lens_batch("interactive", Console) == 1
+    assert capture_config([], lens_batch=STREAM_LENS_BATCH).lens_batch == STREAM_LENS_BATCH

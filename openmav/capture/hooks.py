@@ -83,19 +83,23 @@ class CaptureHooks:
         # a copy: some blocks add to a sub-block's output in place after it returned (Falcon)
         if tensor.dim() == 2:  # [b * p, d], as OPT's MLP computes it; the step loop's batch is one
             tensor = tensor.unsqueeze(0)
-        kept = tensor[:, -1] if self.last_only else tensor
+        kept = tensor.select(1, -1) if self.last_only else tensor
         return kept * scale if scale != 1.0 else kept.clone()
 
     def _store(self, slot: list, layer: int, attn_pattern: bool = False, scale: float = 1.0):
-        def hook(module, args, output):
-            if attn_pattern:
+        if attn_pattern:
+            def hook(module, args, output):
                 weights = output[1] if isinstance(output, (tuple, list)) and len(output) > 1 else None
                 if weights is not None:
                     slot[layer] = weights if (self.full_pattern or not self.last_only) else weights[:, :, -1]
-            else:
-                first = _first(output)
-                if isinstance(first, torch.Tensor):
-                    slot[layer] = self._keep(first, scale)
+
+            return hook
+        keep, tensor_type = self._keep, torch.Tensor
+
+        def hook(module, args, output):  # called once per module per forward: kept short
+            first = output[0] if isinstance(output, (tuple, list)) else output
+            if isinstance(first, tensor_type):
+                slot[layer] = keep(first, scale)
 
         return hook
 
@@ -142,6 +146,16 @@ class CaptureHooks:
         A layer without an MLP (a state-space block) contributes zeros to ``mlp_out``.
         Attention patterns exist only for attention layers: read ``pattern`` directly.
         """
+        return torch.stack(self.layers(name))
+
+    def stacked_many(self, names: tuple[str, ...]) -> torch.Tensor:
+        """Several captures in one stack: ``[len(names), layers, ...]`` (one copy for all of them)."""
+        items = [t for name in names for t in self.layers(name)]
+        out = torch.stack(items)
+        return out.view(len(names), -1, *out.shape[1:])
+
+    def layers(self, name: str) -> list[torch.Tensor]:
+        """The per-layer tensors :meth:`stacked` stacks (not copied)."""
         self._check(name)
         items = list(getattr(self, name))
         for i in self.parts.skipped_layers:  # identity layers: the residual unchanged, nothing added
@@ -162,4 +176,4 @@ class CaptureHooks:
             missing = [i for i, t in enumerate(items) if t is None]
             raise RuntimeError(f"capture {name!r} is missing for layers {missing[:5]}; "
                                "was attention eager and the forward run inside the context?")
-        return torch.stack(items)
+        return items

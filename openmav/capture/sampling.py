@@ -68,6 +68,8 @@ class Sampler:
             if config.min_p > 0:
                 procs.append(MinPLogitsWarper(config.min_p))
         self.processors = procs
+        # greedy over the raw logits: the argmax, which the step loop may take from its own top-k
+        self.plain_greedy = config.greedy and not procs
         self.generator = None
         if config.seed is not None:
             self.generator = torch.Generator(device=device)

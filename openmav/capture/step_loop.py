@@ -7,6 +7,7 @@ need eager attention, which is switched on only when attention is captured.
 
 from __future__ import annotations
 
+import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ import torch
 
 from ..backends.loading import LoadedModel
 from ..errors import InputError, NonFiniteLogitsError
-from ..metrics import entropy, l2_norm, max_abs
+from ..metrics import entropy, max_abs
 from . import fast_attention
 from .cached_forward import CachedForward
 from .hooks import CaptureHooks, attention_implementation
@@ -111,7 +112,9 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 
 def _check_finite(logits: torch.Tensor, step: int) -> None:
-    if not torch.isfinite(logits).all():
+    # the sum is finite only if every entry is (an infinity or a NaN anywhere makes it infinite or NaN):
+    # one reduction, and the entry-wise test only to confirm (a finite sum that overflows)
+    if not math.isfinite(float(logits.sum())) and not torch.isfinite(logits).all():
         raise NonFiniteLogitsError(
             f"the model produced NaN or infinite logits at step {step}: try --dtype float32 or another device"
         )
@@ -156,16 +159,24 @@ def generate_steps(lm: LoadedModel, prompt: str | None = None, max_new_tokens: i
         hooks.full_pattern = capture.attention and capture.prompt_attention
         fast_attention.STATE.full = hooks.full_pattern  # the prefill's whole pattern only when it is shown
         start = time.perf_counter()
-        logits = forward(ids).logits[0, -1]
+        logits = forward(ids).logits
+        # the last position only: a view would keep the prefill's [prompt, vocab] logits alive in record 0
+        logits = logits[0, -1].clone() if logits.shape[1] > 1 else logits[0, -1]
         hooks.full_pattern = False
         fast_attention.STATE.full = True
+        k = min(max(capture.top_k, 2), logits.shape[-1])
         for step in range(max_new_tokens):
             raw = logits.float()
             _check_finite(raw, step)
-            token_id = sampler.choose(raw, ids)
+            top = torch.topk(raw, k)  # on the logits: the order of softmax(raw)'s top-k
+            top_ids, top_logits = top.indices.cpu().numpy(), top.values.cpu().numpy()
+            if sampler.plain_greedy and (k < 2 or top_logits[0] > top_logits[1]):
+                token_id = int(top_ids[0])  # the argmax, already selected (a tie is left to argmax's own rule)
+            else:
+                token_id = sampler.choose(raw, ids)
             decoder.push(token_id)
-            record = _build_record(lm, hooks, capture, raw, token_id, step, tokens, prompt_len, decoder.text,
-                                   not sampling.greedy)
+            record = _build_record(lm, hooks, capture, raw, top, top_ids, top_logits, token_id, step, tokens,
+                                   prompt_len, decoder.text, not sampling.greedy)
             finished = token_id in eos or step == max_new_tokens - 1
             record.finished = finished
             ids = torch.cat([ids, ids.new_tensor([[token_id]])], dim=1)
@@ -205,23 +216,25 @@ def _eos_ids(lm: LoadedModel) -> list[int]:
     return [int(i) for i in ids]
 
 
-def _build_record(lm, hooks: CaptureHooks, capture: CaptureConfig, raw: torch.Tensor, token_id: int,
-                  step: int, tokens, prompt_len: int, text: str, sampled: bool) -> StepRecord:
+def _build_record(lm, hooks: CaptureHooks, capture: CaptureConfig, raw: torch.Tensor, top, top_ids: np.ndarray,
+                  top_logits: np.ndarray, token_id: int, step: int, tokens, prompt_len: int, text: str,
+                  sampled: bool) -> StepRecord:
+    """The record of one step from the hooks' captures: a few batched reductions, one copy to numpy each."""
     texts = token_texts(lm)
     position = prompt_len + step - 1
     seq = position + 1
+    top_ids, top_logits = top_ids[:capture.top_k], top_logits[:capture.top_k]
     probs = torch.softmax(raw, -1)
-    top = torch.topk(probs, min(capture.top_k, probs.shape[-1]))
-    resid = hooks.stacked("resid")[:, 0]  # [L, d]
-    attn_out = hooks.stacked("attn_out")[:, 0]
-    mlp_out = hooks.stacked("mlp_out")[:, 0]
+    picked = probs[top.indices[:capture.top_k]].cpu().numpy()
+    chosen = picked[0] if len(top_ids) and token_id == top_ids[0] else probs[token_id]
+    acts = hooks.stacked_many(("attn_out", "mlp_out", "resid"))[:, :, 0].float()  # [3, L, d]
+    norms = torch.linalg.vector_norm(acts, dim=-1).cpu().numpy()  # [3, L]
     record = StepRecord(
-        step=step, position=position, token=texts.get(token_id), chosen_prob=float(probs[token_id]),
+        step=step, position=position, token=texts.get(token_id), chosen_prob=float(chosen),
         context=tuple(tokens[:seq]), prompt_length=prompt_len, generated_text=text,
-        logits=_np(raw), top_ids=top.indices.cpu().numpy(), top_probs=_np(top.values),
-        top_logits=_np(raw[top.indices]), top_texts=tuple(texts.many(top.indices.tolist())),
-        attn_norms=_np(l2_norm(attn_out)), mlp_norms=_np(l2_norm(mlp_out)),
-        mlp_max_abs=_np(max_abs(mlp_out)), residual_norms=_np(l2_norm(resid)), sampled=sampled,
+        logits=raw.detach().cpu().numpy(), top_ids=top_ids, top_probs=picked, top_logits=top_logits,
+        top_texts=tuple(texts.many(top_ids.tolist())), attn_norms=norms[0], mlp_norms=norms[1],
+        mlp_max_abs=max_abs(acts[1]).cpu().numpy(), residual_norms=norms[2], sampled=sampled,
     )
     if capture.attention and lm.parts.has_attention:
         # layers without attention (a hybrid's state-space or linear-attention layers) get zero rows
@@ -233,11 +246,11 @@ def _build_record(lm, hooks: CaptureHooks, capture: CaptureConfig, raw: torch.Te
             rows = [f[:, -1] for f in full]
         else:
             rows = [p[0] if p is not None else raw.new_zeros((H, 1)) for p in hooks.pattern]
-        att = align_rows(rows, seq)  # [L, H, S]
-        record.attention = _np(att)
-        ent = entropy(att.float())
+        att = align_rows(rows, seq).float()  # [L, H, S]
+        ent = entropy(att)
         missing = [i for i, p in enumerate(hooks.pattern) if p is None]
         if missing:
             ent[missing] = float("nan")
-        record.attention_entropy = _np(ent)
+        record.attention = att.cpu().numpy()
+        record.attention_entropy = ent.cpu().numpy()
     return record
