@@ -110,8 +110,13 @@ class TransformersBackend:
 
         lm = self.initialize()
         cache = past_key_values if past_key_values is not None else DynamicCache(config=lm.model.config)
+        import inspect
+
+        # transformers 5.2x renamed the forward's cache argument and output to ``cache``
+        name = "cache" if "cache" in inspect.signature(lm.model.forward).parameters else "past_key_values"
         with attention_implementation(lm.model, "eager" if output_attentions else None):
-            out = lm.model(input_ids=input_ids.to(lm.device), past_key_values=cache, use_cache=True,
-                           output_attentions=output_attentions, output_hidden_states=output_hidden_states)
+            out = lm.model(input_ids=input_ids.to(lm.device), use_cache=True, output_attentions=output_attentions,
+                           output_hidden_states=output_hidden_states, **{name: cache})
+        cache = getattr(out, "cache", None)
         return {"logits": out.logits, "hidden_states": out.hidden_states, "attentions": out.attentions,
-                "past_key_values": out.past_key_values}
+                "past_key_values": cache if cache is not None else out.past_key_values}
