@@ -95,6 +95,48 @@ def test_lens_top_is_the_softmax_top_k(tiny):
     assert ids.dtype == torch.int64 and probs.dtype == torch.float32
 
 
+def test_a_batch_over_the_memory_cap_runs_as_several_products_with_the_same_result(tiny, monkeypatch):
+    lm = tiny("llama")
+    d = lm.parts.unembed.weight.shape[1]
+    resid = torch.randn(23, d, generator=torch.Generator().manual_seed(1))
+    whole_ids, whole_probs = lens_top(lm, resid, 5)
+    vocab = lm.parts.unembed.weight.shape[0]
+    monkeypatch.setattr(lens_mod, "LENS_BYTES", 4 * vocab * 4)  # four rows per product
+    assert lens_mod.lens_rows(lm) == 4
+    calls = []
+    real = lens_mod._lens_top
+    monkeypatch.setattr(lens_mod, "_lens_top", lambda *a: calls.append(a[1].shape[0]) or real(*a))
+    ids, probs = lens_top(lm, resid, 5)
+    assert calls == [4, 4, 4, 4, 4, 3]
+    assert ids.tolist() == whole_ids.tolist()
+    np.testing.assert_allclose(probs.numpy(), whole_probs.numpy(), atol=1e-7, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3", "cohere", "gpt2", "granite"])
+def test_the_lens_over_vocabulary_slices_equals_one_product(tiny, family, monkeypatch):
+    """Slices of the unembedding with a running top-k and an online normaliser (the CPU path for
+    real vocabularies) give the one product's ids and probabilities; soft-cap and logit scales included."""
+    lm = tiny(family)
+    assert type(lm.parts.unembed) is torch.nn.Linear
+    vocab, d = lm.parts.unembed.weight.shape
+    monkeypatch.setattr(lens_mod, "VOCAB_SLICE", 37)  # several slices and a short last one
+    assert vocab > 37 and vocab % 37
+    resid = torch.randn(9, d, generator=torch.Generator().manual_seed(2)) * torch.logspace(-1, 3, 9)[:, None]
+    assert lens_mod._sliceable(lm.parts.unembed, resid)
+    got_ids, got_probs = lens_mod._lens_top_sliced(lm, resid, 5)
+    ids, probs = lens_mod._lens_top(lm, resid, 5)
+    assert got_ids.tolist() == ids.tolist()
+    np.testing.assert_allclose(got_probs.numpy(), probs.numpy(), atol=1e-6, rtol=0)
+    with torch.inference_mode():
+        ref = torch.topk(torch.softmax(lm.parts.lens(resid).double(), -1), 5)
+    np.testing.assert_allclose(got_probs.numpy(), ref.values.numpy(), atol=1e-6, rtol=0)
+    whole = list(generate_steps(lm, "The cat sat on", 3, capture=CaptureConfig(lens_batch=2)))
+    monkeypatch.setattr(lens_mod, "VOCAB_SLICE", 10 ** 9)  # the one-product path
+    for a, b in zip(whole, generate_steps(lm, "The cat sat on", 3, capture=CaptureConfig(lens_batch=2))):
+        assert a.lens_ids.tolist() == b.lens_ids.tolist()
+        np.testing.assert_allclose(a.lens_probs, b.lens_probs, atol=1e-6, rtol=0)
+
+
 @pytest.mark.parametrize("shape", [(7, 5000), (3, 49152 + 37), (30, 49152), (2, 400), (1, 262144)])
 @pytest.mark.parametrize("k", [1, 5, 20])
 def test_the_two_pass_top_k_is_torch_topk(shape, k):

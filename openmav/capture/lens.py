@@ -8,16 +8,19 @@ normaliser) is a pass over its output.  Three things keep it at that floor:
 - **one product for many steps**: with ``CaptureConfig.lens_batch = n`` the residuals
   of ``n`` steps go through one ``[n * layers, d] x [d, vocab]`` product.  A single
   step's product reads the whole unembedding for a few dozen rows (bound by memory
-  bandwidth); a batch reads it once for all of them (bound by arithmetic);
+  bandwidth); a batch reads it once for all of them (bound by arithmetic).  On the CPU
+  the product walks the vocabulary in slices (:func:`lens_top`), so its output is never
+  ``[rows, vocab]`` at once: the top-k and the normaliser read each slice while it is in
+  cache, and a batch's memory stays that of one slice;
 - **nothing recomputed**: the last layer's lens *is* the model's next-token
   distribution, which the record already holds (its top-k of the softmax), so once
   a model has shown that the hooks' last residual gives its logits
   (:func:`last_layer_is_logits`), the last layer is left out of the product and
   copied from the record;
-- **top-k without a sort**: :func:`top_k`, a selection that reads the vocabulary once
-  (block maxima, then the few blocks that can hold the top ``k``), then the softmax
-  normaliser in place on the product's output, from the top-1 value already selected;
-  probabilities are computed for the ``k`` kept ids only.
+- **top-k without a sort**: a selection per vocabulary slice, merged (or, in one product,
+  :func:`top_k`: block maxima, then the few blocks that can hold the top ``k``), and the
+  softmax normaliser in place on the product's output from the top-1 value already
+  selected (online across slices); probabilities are computed for the ``k`` kept ids only.
 
 Where it runs (:func:`lens_placement`), with ``CaptureConfig.lens_in_background=None``:
 
@@ -73,9 +76,81 @@ TRIAL_STEPS = 4  # steps timed in each placement when the placement is measured
 _clock = time.perf_counter
 
 
+LENS_BYTES = 24 * 2 ** 20  # the most a lens product's [rows, vocab] float32 output may hold at once
+VOCAB_SLICE = 4096  # unembedding rows per product on the CPU (its output stays in cache for the passes over it)
+
+
+def lens_rows(lm) -> int:
+    """How many rows one lens product takes so that its ``[rows, vocab]`` output stays under
+    :data:`LENS_BYTES` (where the vocabulary is not sliced, see :func:`lens_top`)."""
+    vocab = getattr(lm.model.config, "vocab_size", None) or getattr(lm.model.config.get_text_config(), "vocab_size",
+                                                                    None) or 262_144
+    return max(1, LENS_BYTES // (4 * int(vocab)))
+
+
 def lens_top(lm, resid: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-``k`` ids ``[n, k]`` and probabilities ``[n, k]`` of the logit lens of each row of ``resid [n, d]``:
-    one product through the model's final norm and unembedding, a top-k selection, one normaliser."""
+    """Top-``k`` ids ``[n, k]`` and probabilities ``[n, k]`` of the logit lens of each row of ``resid [n, d]``.
+
+    On the CPU, with a plain linear unembedding whose weight is in memory, the vocabulary is
+    walked in slices of :data:`VOCAB_SLICE` (:func:`_lens_top_sliced`): all rows go through
+    each slice of the unembedding once, so it is read once whatever the batch, the temporary
+    is ``[n, VOCAB_SLICE]`` and the top-k and the normaliser run on it while it is in cache.
+    Elsewhere (an accelerator: fewer, larger kernels; an unembedding that is a chain of modules
+    or offloaded by a device map) one product per :func:`lens_rows` rows (:func:`_lens_top`)."""
+    if _sliceable(lm.parts.unembed, resid):
+        return _lens_top_sliced(lm, resid, k)
+    step = lens_rows(lm)
+    if resid.shape[0] <= step:
+        return _lens_top(lm, resid, k)
+    parts = [_lens_top(lm, resid[i:i + step], k) for i in range(0, resid.shape[0], step)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def _sliceable(unembed, resid: torch.Tensor) -> bool:
+    weight = getattr(unembed, "weight", None)
+    return (type(unembed) is torch.nn.Linear and resid.device.type == "cpu" and weight is not None
+            and weight.device.type == "cpu" and getattr(unembed, "_hf_hook", None) is None
+            and weight.shape[0] > VOCAB_SLICE)
+
+
+def _lens_top_sliced(lm, resid: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`lens_top` over vocabulary slices: a running top-k (the ``k`` best of each slice, then
+    of those) and an online softmax normaliser (each slice's sum of ``exp(x - its max)``, rescaled
+    to the running maximum)."""
+    parts = lm.parts
+    with torch.inference_mode():
+        x = resid if parts.final_norm is None else parts.final_norm(resid)
+        weight, bias = parts.unembed.weight, parts.unembed.bias
+        vocab = weight.shape[0]
+        k = min(k, vocab)
+        values, ids, peak, total = [], [], None, None
+        for start in range(0, vocab, VOCAB_SLICE):
+            stop = min(vocab, start + VOCAB_SLICE)
+            logits = torch.nn.functional.linear(x, weight[start:stop], None if bias is None else bias[start:stop])
+            if logits.dtype != torch.float32:
+                logits = logits.float()
+            if parts.logit_scale != 1.0:
+                logits.mul_(parts.logit_scale)
+            if parts.final_logit_softcap:
+                logits = torch.tanh(logits / parts.final_logit_softcap) * parts.final_logit_softcap
+            top = torch.topk(logits, min(k, stop - start))
+            values.append(top.values)
+            ids.append(top.indices + start)
+            here = top.values[:, :1]  # this slice's maximum
+            part = logits.sub_(here).exp_().sum(-1, keepdim=True)
+            if peak is None:
+                peak, total = here, part
+            else:
+                new = torch.maximum(peak, here)
+                total = total * torch.exp(peak - new) + part * torch.exp(here - new)
+                peak = new
+        best = torch.topk(torch.cat(values, 1), k)
+        return torch.gather(torch.cat(ids, 1), 1, best.indices), torch.exp(best.values - peak - torch.log(total))
+
+
+def _lens_top(lm, resid: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`lens_top` in one product through ``lm.parts.lens``, with :func:`top_k` and the normaliser
+    in place on its output."""
     with torch.inference_mode():  # inference mode is per thread
         logits = lm.parts.lens(resid)
         if logits.dtype != torch.float32:
