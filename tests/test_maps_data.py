@@ -20,7 +20,8 @@ PROMPT = "The capital of France is Paris. The capital of Italy is"
 def run(tiny, tmp_path_factory):
     lm = tiny("llama", n_layers=3)
     out = str(tmp_path_factory.mktemp("maps") / "out")
-    opts = MapsOptions(model=None, prompt=PROMPT, output_dir=out, max_new_tokens=6, window=8, stride=3, workers=0)
+    # 11 tokens cross a lens batch (maps batch the lens of generated tokens over 8 steps)
+    opts = MapsOptions(model=None, prompt=PROMPT, output_dir=out, max_new_tokens=11, window=8, stride=3, workers=0)
     result = run_maps(opts, lm=lm)
     with open(result.sidecar, encoding="utf-8") as fh:
         side = json.load(fh)

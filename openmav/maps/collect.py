@@ -20,11 +20,13 @@ import numpy as np
 import torch
 
 from ..backends.loading import LoadedModel
-from ..capture import CaptureConfig, SamplingConfig, TokenText, generate_steps, logit_lens
+from ..capture import CaptureConfig, SamplingConfig, TokenText, generate_steps
 from ..capture.hooks import CaptureHooks
+from ..capture.lens import lens_top
 from ..capture.step_loop import token_texts
 
 LENS_K = 5
+LENS_BATCH = 8  # generated tokens whose lens is one product (their records arrive together)
 
 
 @dataclass
@@ -63,15 +65,10 @@ class MapsData:
         return self.tokens[self.prompt_length + i]
 
 
-def _lens_top(lm: LoadedModel, resid: torch.Tensor, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Top-5 ids and probabilities of ``softmax(logit_lens(resid))`` for ``resid [n, d]``."""
-    ids, probs = [], []
-    for a in range(0, resid.shape[0], chunk):
-        p = torch.softmax(logit_lens(lm, resid[a:a + chunk]).float(), -1)
-        top = torch.topk(p, LENS_K, dim=-1)
-        ids.append(top.indices.cpu())
-        probs.append(top.values.cpu())
-    return torch.cat(ids).numpy(), torch.cat(probs).numpy()
+def _lens_top(lm: LoadedModel, resid: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Top-5 ids and probabilities of ``softmax(logit_lens(resid))`` for ``resid [n, d]`` (the engine's lens)."""
+    ids, probs = lens_top(lm, resid, LENS_K)
+    return ids.cpu().numpy(), probs.float().cpu().numpy()
 
 
 def collect(lm: LoadedModel, input_ids: torch.Tensor, prompt: str, max_new_tokens: int,
@@ -86,33 +83,34 @@ def collect(lm: LoadedModel, input_ids: torch.Tensor, prompt: str, max_new_token
 
 
 def _collect(lm, input_ids, prompt, max_new_tokens, sampling, on_step) -> MapsData:
-    # lens_in_background=False: the first record must arrive right after the prefill, while the
-    # hooks below still hold the prefill's residuals of every prompt position.
+    # the lens of generated tokens is batched over LENS_BATCH steps (maps show no token before the end);
+    # the prompt's residuals are kept when the prefill forward ends, before later forwards replace them
     capture = CaptureConfig(attention=True, prompt_attention=False, logit_lens=True, lens_top_k=LENS_K, top_k=LENS_K,
-                            lens_in_background=False)
+                            lens_batch=LENS_BATCH)
     texts = token_texts(lm)
     parts = lm.parts
     prompt_len = int(input_ids.shape[1])
     steps = generate_steps(lm, max_new_tokens=max_new_tokens, sampling=sampling, capture=capture,
                            input_ids=input_ids)
-    prefill_logits: list[torch.Tensor] = []
-
-    def keep_logits(module, args, output):
-        if not prefill_logits:
-            prefill_logits.append(output.logits[0].detach())
+    prefill: dict[str, torch.Tensor] = {}
 
     start = time.perf_counter()
-    handle = lm.model.register_forward_hook(keep_logits)
-    try:
-        with CaptureHooks(parts, attention=False, last_only=False) as full:
-            first = next(steps)  # the prefill: full residuals of every prompt position
-            resid = full.stacked("resid")[:, 0]  # [L, P, d]
-    finally:
-        handle.remove()
+    with CaptureHooks(parts, attention=False, last_only=False) as full:
+        def keep_prefill(module, args, output):
+            if not prefill:  # the first forward is the prefill: every prompt position
+                prefill["logits"] = output.logits[0].detach()
+                prefill["resid"] = full.stacked("resid")[:, 0]  # [L, P, d], a copy
+
+        handle = lm.model.register_forward_hook(keep_prefill)
+        try:
+            first = next(steps)
+        finally:
+            handle.remove()
+    resid = prefill.pop("resid")
     L = parts.n_layers
     ids, probs = _lens_top(lm, resid.transpose(0, 1).reshape(prompt_len * L, -1))
-    ftop = torch.topk(torch.softmax(prefill_logits[0].float(), -1), LENS_K, dim=-1)
-    del resid, prefill_logits
+    ftop = torch.topk(torch.softmax(prefill["logits"].float(), -1), LENS_K, dim=-1)
+    del resid, prefill
     lens_ids = list(ids.reshape(prompt_len, L, LENS_K))
     lens_probs = list(probs.reshape(prompt_len, L, LENS_K))
     final_ids = list(ftop.indices.cpu().numpy())
