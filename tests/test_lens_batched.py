@@ -294,9 +294,20 @@ def test_the_default_places_the_lens_as_the_machine_says(tiny, monkeypatch):
     gen.close()
     monkeypatch.setattr(lens_mod, "available_cores", lambda: max(2, torch.get_num_threads()))
     lm.extra.pop("lens_placement", None)
+    lm.extra.pop("lens_measured", None)
     measured = records(lm, n=14)  # the first steps try both placements, then keep one
     assert lm.extra["lens_placement"].split(" (")[0] in ("worker thread", "step loop")
     assert_same_lens(inline, measured)
+    # the next generation keeps the measured placement without trying again ...
+    memo = lm.extra["lens_measured"]
+    assert lens_mod.remembered_placement(lm) is memo[2]
+    assert_same_lens(inline, records(lm, n=14))
+    assert lm.extra["lens_measured"] is memo
+    # ... unless the torch threads changed, or the memory is stale
+    monkeypatch.setattr(lens_mod, "PLACEMENT_MEMORY_S", 0.0)
+    assert lens_mod.remembered_placement(lm) is None
+    assert_same_lens(inline, records(lm, n=14))
+    assert lm.extra["lens_measured"] is not memo  # measured again
 
 
 def test_a_batch_below_one_is_refused(tiny):

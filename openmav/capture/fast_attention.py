@@ -76,6 +76,8 @@ def openmav_attention(module, query, key, value, attention_mask, dropout: float 
         return out, probs
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    # the weights are ours: SDPA is asked for the output only (else it warns that it has none to give)
+    kwargs = {k: v for k, v in kwargs.items() if k != "output_attentions"}
     out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=scale, **kwargs)
     return out, probs
 

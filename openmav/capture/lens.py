@@ -33,7 +33,9 @@ Where it runs (:func:`lens_placement`), with ``CaptureConfig.lens_in_background=
   fills the cycles a one-token forward leaves idle depends on the machine and on what else
   runs on it, so a per-step lens is *measured*: after the first step, four steps are timed
   with the lens in the loop and four with it on the worker, and the rest of the generation
-  takes the faster (median time per token).  A batched lens keeps every core busy on its
+  takes the faster (median time per token); the model's later generations in the next
+  :data:`PLACEMENT_MEMORY_S` seconds, with as many torch threads, keep that choice without
+  trying again (:func:`remembered_placement`).  A batched lens keeps every core busy on its
   own, so without spare cores it stays in the loop.
 
 ``bench/bench_peers.py`` measures every placement side by side.
@@ -86,6 +88,18 @@ def lens_rows(lm) -> int:
     vocab = getattr(lm.model.config, "vocab_size", None) or getattr(lm.model.config.get_text_config(), "vocab_size",
                                                                     None) or 262_144
     return max(1, LENS_BYTES // (4 * int(vocab)))
+
+
+PLACEMENT_MEMORY_S = 300.0  # a measured placement serves the model's later generations this long
+
+
+def remembered_placement(lm) -> bool | None:
+    """The placement a generation of ``lm`` measured in the last :data:`PLACEMENT_MEMORY_S` seconds with
+    as many torch threads as now (the next generations skip the trial steps), else ``None``."""
+    memo = lm.extra.get("lens_measured")
+    if memo and memo[0] == torch.get_num_threads() and time.monotonic() - memo[1] < PLACEMENT_MEMORY_S:
+        return memo[2]
+    return None
 
 
 def lens_top(lm, resid: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -283,6 +297,7 @@ class LensQueue:
             self.decision = (f"{'worker thread' if self.background else 'step loop'} (measured: {b:.1f} ms/token "
                              f"with the lens on a worker thread, {a:.1f} in the step loop)")
             self.lm.extra["lens_placement"] = self.decision
+            self.lm.extra["lens_measured"] = (torch.get_num_threads(), time.monotonic(), self.background)
         elif len(loop) >= TRIAL_STEPS:
             self.background = True
 

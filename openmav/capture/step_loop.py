@@ -22,7 +22,7 @@ from ..metrics import entropy, max_abs
 from . import fast_attention
 from .cached_forward import CachedForward
 from .hooks import CaptureHooks, attention_implementation
-from .lens import LensQueue, lens_placement
+from .lens import LensQueue, lens_placement, remembered_placement
 from .records import StepRecord
 from .sampling import Sampler, SamplingConfig
 from .tokens import IncrementalDecoder, TokenTexts
@@ -153,6 +153,8 @@ def generate_steps(lm: LoadedModel, prompt: str | None = None, max_new_tokens: i
         background = capture.lens_in_background
         if background is None:
             background = lens_placement(lm.device)
+        if background is None and capture.lens_batch == 1:
+            background = remembered_placement(lm)  # still None: measured in the first steps
         lens = LensQueue(lm, capture.lens_top_k, capture.lens_batch, background, texts)
     with torch.inference_mode(), attention_implementation(model, impl), _closing(lens), \
             CaptureHooks(parts, attention=capture.attention) as hooks:
