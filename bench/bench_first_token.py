@@ -50,6 +50,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--cold", action="store_true", help="also time a first run with an empty model cache")
     p.add_argument("--baseline", metavar="DIR", help="another openmav checkout to time beside this one")
+    p.add_argument("--readme", metavar="FILE", help="also write the table here (the README includes "
+                   "docs/readme/tables/first_token.md)")
     args = p.parse_args()
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     first_line_seconds(MAV, env)  # fills the cache and the OS file cache
@@ -74,10 +76,18 @@ def main() -> None:
             rows.append(("cold first token (empty model cache)",
                          first_line_seconds(MAV, dict(env, OPENMAV_CACHE=str(Path(cache))))))
     base = rows[0][1]
-    print(f"\n| measurement (median of {args.rounds}, fresh processes) | seconds | x bare import |")
-    print("|---|---|---|")
-    for name, seconds in rows:
-        print(f"| {name} | {seconds:.2f} | {seconds / base:.2f}x |")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    lines = [f"Measured by `bench/bench_first_token.py` on {os.cpu_count()} cores, SmolLM2-135M, median of "
+             f"{args.rounds} rounds of fresh processes; load average {load:.2f} at the end.", "",
+             "| measurement | seconds | x bare import |", "|---|---|---|"]
+    lines += [f"| {name} | {seconds:.2f} | {seconds / base:.2f}x |" for name, seconds in rows]
+    print("\n" + "\n".join(lines))
+    if args.readme:  # the README includes this file (docs/build_readme.py)
+        target = Path(args.readme)
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.write_text("\n".join(lines) + "\n")
+        tmp.replace(target)
+        print(f"\nwrote {target}")
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -385,6 +386,17 @@ def memory_all(args) -> dict[str, dict]:
     return out
 
 
+def cpu_name() -> str:
+    """The processor's model name (Linux), else what the platform module says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 # -- the run -----------------------------------------------------------------------------------------------
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -398,6 +410,8 @@ def main() -> None:
                         help="run only these methods (generate, nnsight, transformer_lens or an openmav configuration "
                              "name); plain generate always runs, as the reference")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--readme", type=Path, help="write the tables as Markdown here (the README includes "
+                        "docs/readme/tables/peers.md)")
     parser.add_argument("--memory-worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
@@ -447,9 +461,18 @@ def main() -> None:
     gen_mem = memory.get("generate")
     print(f"\nload average {load_end:.2f} at the end of the timed rounds; ms/token: median of {args.rounds} rounds "
           "(ratios from the medians)\n")
-    print("| method | captures | ms/token | best round | x plain generate | x nnsight "
-          "| peak memory above the loaded model | kept | same tokens |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    table = [f"Measured by `bench/bench_peers.py` on {cpu_name()}, "
+             f"{available_cores()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads, "
+             f"{n} new tokens, median of {args.rounds} interleaved rounds; load average {load:.2f} at the start, "
+             f"{load_end:.2f} at the end of the timed rounds.", ""]
+
+    def emit(line: str = "") -> None:
+        print(line)
+        table.append(line)
+
+    emit("| method | captures | ms/token | best round | x plain generate | x nnsight "
+         "| peak memory above the loaded model | kept | same tokens |")
+    emit("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     rows = []
     for key, m in by_key.items():
         ms = statistics.median(m.times)
@@ -458,30 +481,36 @@ def main() -> None:
         peak = f"{mem['delta_mb']:.0f} MB" if mem else "-"
         kept = f"{mem['kept_mb']:.1f} MB" if mem else f"{m.kept / 2**20:.1f} MB"
         vs_nn = f"{ms / nn_ms:.2f}" if nn_ms else "-"
-        print(f"| {m.name} | {m.captures} | {ms:.1f} | {min(m.times):.1f} | {ms / gen_ms:.2f} | {vs_nn} | {peak} "
-              f"| {kept} | {same} |")
+        emit(f"| {m.name} | {m.captures} | {ms:.1f} | {min(m.times):.1f} | {ms / gen_ms:.2f} | {vs_nn} | {peak} "
+             f"| {kept} | {same} |")
         rows.append({"key": key, "name": m.name, "ms_per_token": ms, "times": m.times, "same_tokens": same == "yes",
                      "memory": mem})
     if gen_mem:
-        print("\nmemory against plain generate plus what is kept (peak above the loaded model):")
+        emit("\nPeak memory against plain `generate` plus what is kept:\n")
         for key in OPENMAV_CONFIGS:
             mem = memory.get(key)
             if mem:
                 allowed = gen_mem["delta_mb"] + mem["kept_mb"]
-                print(f"  {key}: {mem['delta_mb']:.0f} MB against {allowed:.0f} MB "
-                      f"({mem['delta_mb'] / allowed:.2f}x); whole process {mem['peak_mb']:.0f} MB against "
-                      f"{gen_mem['peak_mb'] + mem['kept_mb']:.0f} MB ({mem['peak_mb'] / (gen_mem['peak_mb'] + mem['kept_mb']):.2f}x)")
+                whole = gen_mem["peak_mb"] + mem["kept_mb"]
+                emit(f"- {key}: {mem['delta_mb']:.0f} MB above the loaded model against {allowed:.0f} MB "
+                     f"({mem['delta_mb'] / allowed:.2f}x); whole process {mem['peak_mb']:.0f} MB against "
+                     f"{whole:.0f} MB ({mem['peak_mb'] / whole:.2f}x)")
 
-    print("\n| logit lens | rows per product | lens ms/token | bare product ms/token | lens / bare |")
-    print("| --- | --- | --- | --- | --- |")
+    emit("\n| logit lens | rows per product | lens ms/token | bare product ms/token | lens / bare |")
+    emit("| --- | --- | --- | --- | --- |")
     for c in lens:
         what = "per step" if c["steps"] == 1 else f"batched over {c['steps']} steps"
-        print(f"| {what} | {c['rows']} | {c['lens_ms']:.2f} | {c['bare_ms']:.2f} | {c['lens_ms'] / c['bare_ms']:.2f} |")
+        emit(f"| {what} | {c['rows']} | {c['lens_ms']:.2f} | {c['bare_ms']:.2f} | {c['lens_ms'] / c['bare_ms']:.2f} |")
     loop = {k: statistics.median(by_key[k].times) for k in OPENMAV_CONFIGS if k in by_key}
     base = loop.get("openmav without the lens")
     if base:
         print("\nthe lens in the loop (ms/token over the same capture without it): " + ", ".join(
             f"{k.removeprefix('openmav, ')}: {v - base:+.1f}" for k, v in loop.items() if "without" not in k))
+    if args.readme:  # the README's tables come from here (docs/build_readme.py includes the file)
+        tmp = args.readme.with_name(args.readme.name + ".tmp")
+        tmp.write_text("\n".join(table).strip() + "\n")
+        tmp.replace(args.readme)
+        print(f"\nwrote {args.readme}")
     if args.json:
         args.json.write_text(json.dumps({"tokens": n, "threads": torch.get_num_threads(), "cores": available_cores(),
                                          "load": [load, load_end], "methods": rows, "lens": lens}, indent=1))
