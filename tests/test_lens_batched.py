@@ -120,21 +120,26 @@ def test_the_lens_over_vocabulary_slices_equals_one_product(tiny, family, monkey
     assert type(lm.parts.unembed) is torch.nn.Linear
     vocab, d = lm.parts.unembed.weight.shape
     monkeypatch.setattr(lens_mod, "VOCAB_SLICE", 37)  # several slices and a short last one
+    monkeypatch.setattr(lens_mod, "WORKER_SLICE", 53)  # the worker thread's slices
     assert vocab > 37 and vocab % 37
     resid = torch.randn(9, d, generator=torch.Generator().manual_seed(2)) * torch.logspace(-1, 3, 9)[:, None]
-    assert lens_mod._sliceable(lm.parts.unembed, resid)
-    got_ids, got_probs = lens_mod._lens_top_sliced(lm, resid, 5)
+    assert lens_mod._sliceable(lm.parts.unembed, resid, 37)
+    got_ids, got_probs = lens_mod._lens_top_sliced(lm, resid, 5, 37)
     ids, probs = lens_mod._lens_top(lm, resid, 5)
     assert got_ids.tolist() == ids.tolist()
     np.testing.assert_allclose(got_probs.numpy(), probs.numpy(), atol=1e-6, rtol=0)
     with torch.inference_mode():
         ref = torch.topk(torch.softmax(lm.parts.lens(resid).double(), -1), 5)
     np.testing.assert_allclose(got_probs.numpy(), ref.values.numpy(), atol=1e-6, rtol=0)
-    whole = list(generate_steps(lm, "The cat sat on", 3, capture=CaptureConfig(lens_batch=2)))
+    sliced = [list(generate_steps(lm, "The cat sat on", 3, capture=CaptureConfig(lens_batch=2, lens_in_background=bg)))
+              for bg in (False, True)]
     monkeypatch.setattr(lens_mod, "VOCAB_SLICE", 10 ** 9)  # the one-product path
-    for a, b in zip(whole, generate_steps(lm, "The cat sat on", 3, capture=CaptureConfig(lens_batch=2))):
-        assert a.lens_ids.tolist() == b.lens_ids.tolist()
-        np.testing.assert_allclose(a.lens_probs, b.lens_probs, atol=1e-6, rtol=0)
+    monkeypatch.setattr(lens_mod, "WORKER_SLICE", 10 ** 9)
+    whole = list(generate_steps(lm, "The cat sat on", 3, capture=CaptureConfig(lens_batch=2)))
+    for run in sliced:
+        for a, b in zip(run, whole, strict=True):
+            assert a.lens_ids.tolist() == b.lens_ids.tolist()
+            np.testing.assert_allclose(a.lens_probs, b.lens_probs, atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("shape", [(7, 5000), (3, 49152 + 37), (30, 49152), (2, 400), (1, 262144)])
