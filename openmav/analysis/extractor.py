@@ -24,7 +24,7 @@ from contextlib import ExitStack
 import numpy as np
 import torch
 
-from ..capture.hooks import attention_implementation
+from ..capture.hooks import attention_implementation, first_output
 from ..capture.tokens import TokenTexts
 from ..errors import InputError, UnsupportedModelError
 from .models import ModelHandle, open_model
@@ -178,8 +178,7 @@ class AttentionExtractor:
                     stack.callback(module.register_forward_pre_hook(keep_input).remove)
                 else:
                     def keep_output(mod, args, output, seen=seen):
-                        out = output[0] if isinstance(output, (tuple, list)) else output
-                        seen.append(out.detach().float().cpu())
+                        seen.append(first_output(output).detach().float().cpu())
                     stack.callback(module.register_forward_hook(keep_output).remove)
             stack.enter_context(torch.inference_mode())
             stack.enter_context(attention_implementation(handle.body, "eager"))

@@ -23,7 +23,8 @@ from ..backends.parts import ModelParts
 from ..errors import OutsideContextError
 
 
-def _first(output):
+def first_output(output):
+    """A module's main output: the first item of a tuple/list output (attention, blocks), else the output."""
     return output[0] if isinstance(output, (tuple, list)) else output
 
 
@@ -94,11 +95,11 @@ class CaptureHooks:
                     slot[layer] = weights if (self.full_pattern or not self.last_only) else weights[:, :, -1]
 
             return hook
-        keep, tensor_type = self._keep, torch.Tensor
+        keep = self._keep
 
-        def hook(module, args, output):  # called once per module per forward: kept short
-            first = output[0] if isinstance(output, (tuple, list)) else output
-            if isinstance(first, tensor_type):
+        def hook(module, args, output):
+            first = first_output(output)
+            if isinstance(first, torch.Tensor):
                 slot[layer] = keep(first, scale)
 
         return hook

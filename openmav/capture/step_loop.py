@@ -177,8 +177,8 @@ def generate_steps(lm: LoadedModel, prompt: str | None = None, max_new_tokens: i
             else:
                 token_id = sampler.choose(raw, ids)
             decoder.push(token_id)
-            record = _build_record(lm, hooks, capture, raw, top, top_ids, top_logits, token_id, step, tokens,
-                                   prompt_len, decoder.text, not sampling.greedy)
+            record, resid = _build_record(lm, hooks, capture, raw, top, top_ids, top_logits, token_id, step,
+                                          tokens, prompt_len, decoder.text, not sampling.greedy)
             finished = token_id in eos or step == max_new_tokens - 1
             record.finished = finished
             ids = torch.cat([ids, ids.new_tensor([[token_id]])], dim=1)
@@ -188,8 +188,7 @@ def generate_steps(lm: LoadedModel, prompt: str | None = None, max_new_tokens: i
             if lens is None:
                 yield record
             else:
-                # hooks.stacked makes a new tensor: the hooks' slots are refilled by the next forward
-                yield from lens.push(record, hooks.stacked("resid")[:, 0], raw)
+                yield from lens.push(record, resid, raw)
                 if last:
                     yield from lens.flush()
             if last:
@@ -220,8 +219,10 @@ def _eos_ids(lm: LoadedModel) -> list[int]:
 
 def _build_record(lm, hooks: CaptureHooks, capture: CaptureConfig, raw: torch.Tensor, top, top_ids: np.ndarray,
                   top_logits: np.ndarray, token_id: int, step: int, tokens, prompt_len: int, text: str,
-                  sampled: bool) -> StepRecord:
-    """The record of one step from the hooks' captures: a few batched reductions, one copy to numpy each."""
+                  sampled: bool) -> tuple[StepRecord, torch.Tensor]:
+    """The record of one step from the hooks' captures (a few batched reductions, one copy to numpy each),
+    and the residuals ``[L, d]`` for the lens: a new tensor, so the next forward's captures do not replace
+    them."""
     texts = token_texts(lm)
     position = prompt_len + step - 1
     seq = position + 1
@@ -229,7 +230,8 @@ def _build_record(lm, hooks: CaptureHooks, capture: CaptureConfig, raw: torch.Te
     probs = torch.softmax(raw, -1)
     picked = probs[top.indices[:capture.top_k]].cpu().numpy()
     chosen = picked[0] if len(top_ids) and token_id == top_ids[0] else probs[token_id]
-    acts = hooks.stacked_many(("attn_out", "mlp_out", "resid"))[:, :, 0].float()  # [3, L, d]
+    stacked = hooks.stacked_many(("attn_out", "mlp_out", "resid"))[:, :, 0]  # [3, L, d], the model's dtype
+    acts = stacked.float()
     norms = torch.linalg.vector_norm(acts, dim=-1).cpu().numpy()  # [3, L]
     record = StepRecord(
         step=step, position=position, token=texts.get(token_id), chosen_prob=float(chosen),
@@ -255,4 +257,4 @@ def _build_record(lm, hooks: CaptureHooks, capture: CaptureConfig, raw: torch.Te
             ent[missing] = float("nan")
         record.attention = att.cpu().numpy()
         record.attention_entropy = ent.cpu().numpy()
-    return record
+    return record, stacked[2]

@@ -33,15 +33,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..capture.hooks import first_output
 from ..errors import InputError
 from .ablation import as_ids
 
 KINDS = ("embedding", "attention_bias", "attention_extra", "mixer", "mlp", "mlp_extra", "final_bias")
 EPS_ATTRS = ("variance_epsilon", "eps", "epsilon", "layer_norm_eps")
-
-
-def _first(output):
-    return output[0] if isinstance(output, (tuple, list)) else output
 
 
 def _close(a: torch.Tensor, b: torch.Tensor, rel: float = 1e-3) -> bool:
@@ -92,7 +89,7 @@ class FrozenNorm:
         device = param.device if param is not None else torch.device("cpu")
         probes = torch.stack([torch.ones(d, dtype=torch.float64), a, -a]).to(device=device, dtype=dtype)
         with torch.no_grad():
-            on_ones, on_a, on_neg = _first(module(probes.unsqueeze(0)))[0].double().cpu()
+            on_ones, on_a, on_neg = first_output(module(probes.unsqueeze(0)))[0].double().cpu()
         var_a = float(a.pow(2).mean() - a.mean() ** 2)
         bias = (on_a + on_neg) / 2
         if _close(on_ones, bias, 1e-4):  # centred: ones become 0, so the output on ones is the bias
@@ -155,7 +152,7 @@ class _Recorder:
 
     def out(self, module, key):
         def hook(mod, args, output):
-            first = _first(output)
+            first = first_output(output)
             if isinstance(first, torch.Tensor):
                 self.seen[key] = self._at(first)
         self.handles.append(module.register_forward_hook(hook))
@@ -301,7 +298,7 @@ def _split_heads(parts, layer: int, seen: dict) -> tuple[torch.Tensor, torch.Ten
     for h in range(H):
         rows[h, h * hd:(h + 1) * hd] = z[h * hd:(h + 1) * hd]
     param = next(o_proj.parameters())
-    out = _first(o_proj(rows.to(device=param.device, dtype=param.dtype).unsqueeze(0)))[0].double().cpu()
+    out = first_output(o_proj(rows.to(device=param.device, dtype=param.dtype).unsqueeze(0)))[0].double().cpu()
     bias = out[H]
     per_head = out[:H] - bias
     if not _close(per_head.sum(0) + bias, o, 1e-3):
