@@ -78,13 +78,7 @@ function circuitGraph(nodes, edges) {
   svg.setAttribute("width", W);
   svg.setAttribute("height", H);
   svg.classList.add("circuit-graph");
-  const add = (tag, attrs, text, parent = svg) => {
-    const n = document.createElementNS(ns, tag);
-    Object.entries(attrs).forEach(([k, v]) => n.setAttribute(k, v));
-    if (text !== undefined) n.textContent = text;
-    parent.appendChild(n);
-    return n;
-  };
+  const add = (tag, attrs, text, parent = svg) => svgAdd(parent, tag, attrs, text);
   const wmax = Math.max(1e-9, ...edges.map((e) => Math.abs(e.effect)));
   edges.forEach((e) => {
     const s = asHead(e.source), t = asHead(e.target);

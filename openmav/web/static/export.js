@@ -4,6 +4,15 @@
 
 const SVG_NS = "http://www.w3.org/2000/svg";
 
+// a new SVG element `tag` with attributes `attrs` (and text content `text`), appended to `parent`
+function svgAdd(parent, tag, attrs, text) {
+  const n = document.createElementNS(SVG_NS, tag);
+  Object.entries(attrs).forEach(([k, v]) => n.setAttribute(k, v));
+  if (text !== undefined) n.textContent = text;
+  parent.appendChild(n);
+  return n;
+}
+
 // the page's SVG rules, written into each exported SVG so it looks the same outside the page
 const SVG_STYLE = `text { font: 11px system-ui, sans-serif; fill: #333; }
 .node-label { font-size: 10px; fill: #111; } .legend, .hint-text { fill: #667; } .title { font-weight: 600; }

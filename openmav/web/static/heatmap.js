@@ -132,13 +132,7 @@ class Heatmap {
     const svg = document.createElementNS(SVG_NS, "svg");
     svg.setAttribute("width", w);
     svg.setAttribute("height", h);
-    const add = (tag, attrs, text) => {
-      const n = document.createElementNS(SVG_NS, tag);
-      Object.entries(attrs).forEach(([k, v]) => n.setAttribute(k, v));
-      if (text !== undefined) n.textContent = text;
-      svg.appendChild(n);
-      return n;
-    };
+    const add = (tag, attrs, text) => svgAdd(svg, tag, attrs, text);
     for (let r = 0; r < o.rows.length; r++) {
       for (let c = 0; c < o.cols.length; c++) {
         const v = o.values[r][c];
@@ -180,13 +174,7 @@ class Heatmap {
     svg.setAttribute("width", W + 2 * x0);
     svg.setAttribute("height", 44);
     svg.classList.add("legend-bar");
-    const add = (tag, attrs, text) => {
-      const n = document.createElementNS(SVG_NS, tag);
-      Object.entries(attrs).forEach(([k, v]) => n.setAttribute(k, v));
-      if (text !== undefined) n.textContent = text;
-      svg.appendChild(n);
-      return n;
-    };
+    const add = (tag, attrs, text) => svgAdd(svg, tag, attrs, text);
     const steps = 60;
     const lo = o.scale === "log" ? (o.vmin > 0 ? o.vmin : o.vmax * 1e-4) : 0;
     // the value at fraction t of the bar: linear or log from lo to vmax; a diverging bar runs -vmax..vmax

@@ -135,12 +135,7 @@ function barChart(items, width = 320, onClick = null) {
       g.addEventListener("click", () => onClick(it));
     }
     svg.appendChild(g);
-    const add = (tag, attrs, text) => {
-      const n = document.createElementNS(ns, tag);
-      Object.entries(attrs).forEach(([k, v]) => n.setAttribute(k, v));
-      if (text !== undefined) n.textContent = text;
-      g.appendChild(n);
-    };
+    const add = (tag, attrs, text) => svgAdd(g, tag, attrs, text);
     if (onClick) add("rect", {x: 0, y: y - 1, width: labelW + width + 150, height: row, fill: "transparent", class: "hit"});
     add("text", {x: labelW - 6, y: y + 12, "text-anchor": "end", class: "bar-label"}, it.label);
     add("rect", {x: it.value < 0 ? zero - w : zero, y, width: w, height: row - 4, fill: it.value < 0 ? "#c0392b" : "#2c6fbb"});

@@ -103,12 +103,7 @@ function modelViewSVG(data) {
   const svg = document.createElementNS(SVG_NS, "svg");
   svg.setAttribute("width", left + data.n_heads * (px + gap));
   svg.setAttribute("height", top + data.n_layers * (px + gap));
-  const add = (tag, attrs, text) => {
-    const n = document.createElementNS(SVG_NS, tag);
-    Object.entries(attrs).forEach(([k, v]) => n.setAttribute(k, v));
-    if (text !== undefined) n.textContent = text;
-    svg.appendChild(n);
-  };
+  const add = (tag, attrs, text) => svgAdd(svg, tag, attrs, text);
   for (let h = 0; h < data.n_heads; h++) add("text", {x: left + h * (px + gap), y: 12}, `H${h}`);
   data.heads.forEach((row, l) => {
     add("text", {x: 4, y: top + l * (px + gap) + px / 2 + 4}, `L${l}`);
@@ -173,13 +168,7 @@ function lensChart(data) {
   svg.setAttribute("width", left + k * colW + tcol + 4);
   svg.setAttribute("height", top + data.layers.length * rowH + 4);
   svg.classList.add("lens");
-  const add = (tag, attrs, text, parent = svg) => {
-    const n = document.createElementNS(SVG_NS, tag);
-    Object.entries(attrs).forEach(([a, v]) => n.setAttribute(a, v));
-    if (text !== undefined) n.textContent = text;
-    parent.appendChild(n);
-    return n;
-  };
+  const add = (tag, attrs, text, parent = svg) => svgAdd(parent, tag, attrs, text);
   for (let i = 0; i < k; i++) add("text", {x: left + i * colW + 4, y: 14, class: "title"}, `#${i + 1}`);
   if (target) add("text", {x: left + k * colW + 4, y: 14, class: "title"}, `${target.label}: p (rank)`);
   data.layers.forEach((row, r) => {
