@@ -21,6 +21,21 @@ def model_logits(lm, ids):
         return lm.model(input_ids=ids, use_cache=False).logits[0].double()
 
 
+def head_inputs(lm, ids):
+    """The model's logits, and (by the test's own hooks) each layer's o_proj input ``{layer: [pos, H*d]}`` and
+    the final norm's input ``"x"``, in double."""
+    p, seen = lm.parts, {}
+    hooks = [p.o_proj[i].register_forward_pre_hook(lambda m, a, i=i: seen.__setitem__(i, a[0][0].double()))
+             for i in range(p.n_layers)]
+    hooks.append(p.final_norm.register_forward_pre_hook(lambda m, a: seen.__setitem__("x", a[0][0].double())))
+    try:
+        logits = model_logits(lm, ids)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen, logits
+
+
 @pytest.mark.parametrize("family", ["llama", "gpt2", "gemma3", "gpt_neox", "qwen2"])
 def test_heads_and_other_parts_sum_to_the_logit(tiny, family):
     """llama and qwen2 (RMSNorm), gpt2 (LayerNorm, Conv1D projections, biases), gemma3 (a norm after o_proj),
@@ -46,15 +61,7 @@ def test_a_head_share_by_hand_llama(tiny):
     lm = tiny("llama")
     ids = ids_of(lm)
     p, d = lm.parts, lm.parts.head_dim
-    seen = {}
-    hooks = [p.o_proj[i].register_forward_pre_hook(lambda m, a, i=i: seen.__setitem__(i, a[0][0].double()))
-             for i in range(p.n_layers)]
-    hooks.append(p.final_norm.register_forward_pre_hook(lambda m, a: seen.__setitem__("x", a[0][0].double())))
-    try:
-        logits = model_logits(lm, ids)
-    finally:
-        for h in hooks:
-            h.remove()
+    seen, logits = head_inputs(lm, ids)
     pos, token = ids.shape[1] - 1, 42
     x = seen["x"][pos]
     rms = torch.sqrt(x.pow(2).mean() + p.final_norm.variance_epsilon)
@@ -74,15 +81,7 @@ def test_a_head_share_by_hand_gpt2(tiny):
     lm = tiny("gpt2")
     ids = ids_of(lm)
     p, d = lm.parts, lm.parts.head_dim
-    seen = {}
-    hooks = [p.o_proj[i].register_forward_pre_hook(lambda m, a, i=i: seen.__setitem__(i, a[0][0].double()))
-             for i in range(p.n_layers)]
-    hooks.append(p.final_norm.register_forward_pre_hook(lambda m, a: seen.__setitem__("x", a[0][0].double())))
-    try:
-        logits = model_logits(lm, ids)
-    finally:
-        for h in hooks:
-            h.remove()
+    seen, logits = head_inputs(lm, ids)
     pos, token = 6, 99
     x = seen["x"][pos]
     sigma = torch.sqrt(x.var(unbiased=False) + p.final_norm.eps)

@@ -13,12 +13,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import transformers as tf
 
 from openmav.analysis.extractor import AttentionExtractor
 from openmav.analysis.results import Activations
 from openmav.capture.hooks import attention_implementation
-from openmav.testing import tiny_tokenizer
+from test_encoders import build  # the tiny encoders of their real config classes
 
 PROMPTS = ["The cat sat on the mat", "hello", "When Mary and John went to the store, John gave a drink to"]
 
@@ -133,37 +132,18 @@ def test_fields_and_reprs_name_final_norm(tiny):
 
 # -- encoders: built from their real config classes, 2 layers (ALBERT: 2 x 2 shared), width 64 ------
 
-ENCODERS = {  # family: (config beyond the sizes, the layer list, the norm after the last layer or None)
-    "bert": ({}, "encoder.layer", None),
-    "albert": (dict(embedding_size=32, num_hidden_groups=1, inner_group_num=2), None, None),
-    "modernbert": (dict(local_attention=6), "layers", "final_norm"),
+ENCODERS = {  # family: (the layer list, the norm after the last layer or None)
+    "bert": ("encoder.layer", None),
+    "albert": (None, None),
+    "modernbert": ("layers", "final_norm"),
 }
-
-
-def build_encoder(family: str):
-    tok = tiny_tokenizer()
-    extra = ENCODERS[family][0]
-    config = tf.AutoConfig.for_model(family, vocab_size=len(tok), hidden_size=64, num_hidden_layers=2,
-                                     num_attention_heads=4, intermediate_size=128, max_position_embeddings=512,
-                                     **extra)
-    for attr in ("pad_token_id", "bos_token_id", "eos_token_id", "cls_token_id", "sep_token_id"):
-        value = getattr(config, attr, None)
-        if isinstance(value, int) and value >= len(tok):
-            setattr(config, attr, 0)
-    torch.manual_seed(0)
-    model = tf.AutoModel.from_config(config)
-    with torch.no_grad():  # random norm weights, so a missing norm cannot hide behind ones
-        for name, param in model.named_parameters():
-            if "norm" in name.lower():
-                param.add_(0.1 * torch.randn_like(param))
-    return model.eval(), tok
 
 
 @pytest.mark.parametrize("family", list(ENCODERS))
 def test_encoder_hidden_states_are_block_outputs(family):
-    model, tok = build_encoder(family)
+    model, tok = build(family)
     ex = AttentionExtractor(model=model, tokenizer=tok, model_name=f"tiny-{family}")
-    _, blocks_path, norm_path = ENCODERS[family]
+    blocks_path, norm_path = ENCODERS[family]
     for prompt in PROMPTS:
         res = ex.extract_activations(prompt)
         ids = torch.tensor([tok(prompt)["input_ids"]])
