@@ -219,14 +219,6 @@ def steps_match(model, impl: str | None, reference=None, output_attentions: bool
     return True
 
 
-def cached_steps_match(model, impls=(None, "eager"), reference=None) -> bool:
-    """Whether a prefill plus cached steps give the logits of one uncached forward, in every
-    attention implementation of ``impls`` (``None``: the model's own); where it fails (a cache
-    this loop cannot carry), the step loop runs the whole sequence each step."""
-    names = dict.fromkeys(_impl_name(model, impl) for impl in impls)
-    return all(steps_match(model, None if name == _impl_name(model, None) else name, reference) for name in names)
-
-
 def _impl_name(model, impl: str | None) -> str | None:
     return impl if impl is not None else getattr(model.config, "_attn_implementation", None)
 
