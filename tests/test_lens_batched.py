@@ -120,7 +120,6 @@ def test_the_lens_over_vocabulary_slices_equals_one_product(tiny, family, monkey
     assert type(lm.parts.unembed) is torch.nn.Linear
     vocab, d = lm.parts.unembed.weight.shape
     monkeypatch.setattr(lens_mod, "VOCAB_SLICE", 37)  # several slices and a short last one
-    monkeypatch.setattr(lens_mod, "WORKER_SLICE", 53)  # the worker thread's slices
     assert vocab > 37 and vocab % 37
     resid = torch.randn(9, d, generator=torch.Generator().manual_seed(2)) * torch.logspace(-1, 3, 9)[:, None]
     assert lens_mod._sliceable(lm.parts.unembed, resid, 37)
@@ -134,7 +133,6 @@ def test_the_lens_over_vocabulary_slices_equals_one_product(tiny, family, monkey
     sliced = [list(generate_steps(lm, "The cat sat on", 3, capture=CaptureConfig(lens_batch=2, lens_in_background=bg)))
               for bg in (False, True)]
     monkeypatch.setattr(lens_mod, "VOCAB_SLICE", 10 ** 9)  # the one-product path
-    monkeypatch.setattr(lens_mod, "WORKER_SLICE", 10 ** 9)
     whole = list(generate_steps(lm, "The cat sat on", 3, capture=CaptureConfig(lens_batch=2)))
     for run in sliced:
         for a, b in zip(run, whole, strict=True):
@@ -246,6 +244,43 @@ def test_placement_follows_the_spare_cores(monkeypatch):
     monkeypatch.setattr(lens_mod, "available_cores", lambda: max(2, threads))
     assert lens_placement("cpu") is None  # torch's threads fill the machine: measured in the first steps
     assert lens_placement("cuda") is False  # queued on the device after the forward
+
+
+@pytest.mark.parametrize("cores,loop,worker", [(2, 1, 1), (3, 2, 1)])
+def test_the_worker_and_the_loop_split_the_cores(tiny, monkeypatch, cores, loop, worker):
+    """With torch's 2 threads on 2 cores, the loop gives one up to the worker while it runs; with a
+    spare core, the worker takes it and the loop keeps both.  The caller's setting is in place
+    whenever a record is handed over, and after an interrupted generation."""
+    lm = tiny("llama")
+    inline = records(lm, n=6, lens_in_background=False)
+    monkeypatch.setattr(lens_mod, "available_cores", lambda: cores)
+    caller = torch.get_num_threads()
+    torch.set_num_threads(2)
+    seen_loop, seen_worker, between = [], [], []
+    real = lens_mod.lens_top
+
+    def spy(*args, **kwargs):
+        seen_worker.append((threading.current_thread().name, torch.get_num_threads()))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lens_mod, "lens_top", spy)
+    hook = lm.model.model.layers[0].register_forward_hook(lambda *a: seen_loop.append(torch.get_num_threads()))
+    try:
+        got = []
+        for record in generate_steps(lm, PROMPT, 6, stop_at_eos=False, capture=CaptureConfig(lens_in_background=True)):
+            between.append(torch.get_num_threads())
+            got.append(record)
+        gen = generate_steps(lm, PROMPT, 6, stop_at_eos=False, capture=CaptureConfig(lens_in_background=True))
+        next(gen), next(gen)
+        gen.close()
+        after_close = torch.get_num_threads()
+    finally:
+        hook.remove()
+        torch.set_num_threads(caller)
+    assert_same_lens(inline, got)
+    assert between == [2] * 6 and after_close == 2
+    assert seen_loop[0] == 2 and seen_loop[-1] == loop and set(seen_loop) <= {2, loop}
+    assert seen_worker and all(name.startswith("openmav-lens") and n == worker for name, n in seen_worker)
 
 
 def queue_records(lm, n):

@@ -24,19 +24,20 @@ normaliser) is a pass over its output.  Three things keep it at that floor:
 
 Where it runs (:func:`lens_placement`), with ``CaptureConfig.lens_in_background=None``:
 
-- on a worker thread when the cores beyond the step loop's torch threads can hold the
-  worker's own pool (it takes as many threads: ``torch.set_num_threads`` is process-wide,
-  so the worker cannot take fewer);
+- on a worker thread when the cores beyond the step loop's torch threads can hold a pool as
+  large as the loop's;
 - on one core, or on an accelerator (the lens is queued on the device after the forward
   and the loop only waits for ``k`` ids per layer), in the step loop;
-- otherwise (say 2 cores, torch's 2 threads) whether the worker fights the step loop or
-  fills the cycles a one-token forward leaves idle depends on the machine and on what else
-  runs on it, so a per-step lens is *measured*: after the first step, four steps are timed
-  with the lens in the loop and four with it on the worker, and the rest of the generation
-  takes the faster (median time per token); the model's later generations in the next
-  :data:`PLACEMENT_MEMORY_S` seconds, with as many torch threads, keep that choice without
-  trying again (:func:`remembered_placement`).  A batched lens keeps every core busy on its
-  own, so without spare cores it stays in the loop.
+- otherwise (say 2 cores, torch's 2 threads) a per-step lens is *measured*: after the first
+  step, four steps are timed with the lens in the loop and four with it on the worker, and
+  the rest of the generation takes the faster (median time per token); the model's later
+  generations in the next :data:`PLACEMENT_MEMORY_S` seconds, with as many torch threads,
+  keep that choice without trying again (:func:`remembered_placement`).  A batched lens
+  takes the worker.
+
+On the worker, the lens never shares a core with the loop: torch's thread count belongs to
+the thread that sets it, so the worker takes the cores the loop leaves, or, where the loop's
+threads fill the machine, the loop gives up one for the generation (:func:`split_threads`).
 
 ``bench/bench_peers.py`` measures every placement side by side.
 """
@@ -61,6 +62,26 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def split_threads(threads: int) -> tuple[int, int | None]:
+    """``(worker, loop)``: the torch threads of the lens's worker thread, and those of the step loop
+    while the worker runs (``None``: the loop keeps its ``threads``), on the CPU.
+
+    The worker takes the cores the loop's threads leave (at most as many as the loop has); where
+    the loop's threads take every core, the loop gives one up for the generation and the worker
+    takes it.  Torch's thread count is per thread (OpenMP's and MKL's settings belong to the
+    thread that makes them), so the worker's setting changes neither the loop's nor the caller's.
+    Measured on 2 cores with SmolLM2 (``bench/bench_peers.py``): the loop on one thread runs a
+    one-token forward as fast as on two (41.7 against 41.4 ms), and the lens on the other core
+    then overlaps it whole (44 ms/token against 59 with the lens in the loop, and 59 with a
+    worker that shares both cores with the loop)."""
+    spare = available_cores() - threads
+    if spare >= 1:
+        return min(spare, threads), None
+    if threads >= 2:
+        return 1, threads - 1
+    return 1, None
+
+
 def lens_placement(device: torch.device | str | None = None) -> bool | None:
     """``True``: the lens runs on a worker thread; ``False``: in the step loop; ``None``: measure
     both in the first steps (see the module's doc)."""
@@ -80,10 +101,6 @@ _clock = time.perf_counter
 
 LENS_BYTES = 24 * 2 ** 20  # the most a lens product's [rows, vocab] float32 output may hold at once
 VOCAB_SLICE = 4096  # unembedding rows per product on the CPU (its output stays in cache for the passes over it)
-# on the worker thread, beside the step loop's forward on the same cores, fewer and larger products wait less
-# for threads the forward holds (SmolLM2, 2 cores, ms/token: 4096 54.9, 8192 52.3, 16384 48.8-49.0, 24576 50.0,
-# one product 51.2; in the step loop 4096 is the fastest)
-WORKER_SLICE = 16384
 
 
 def lens_rows(lm) -> int:
@@ -235,7 +252,9 @@ class LensQueue:
             raise ValueError(f"lens batch must be >= 1, got {batch}")
         self.lm, self.k, self.batch, self.texts = lm, k, batch, texts
         self.measuring = background is None and batch == 1
-        self.background = bool(background)
+        # a batched lens whose placement is open takes the worker: with the cores split
+        # (:func:`split_threads`), a batch on its own core overlaps the forwards it waits for
+        self.background = bool(background) or (background is None and batch > 1)
         self.pool: ThreadPoolExecutor | None = None  # started on the first background batch
         self.pending: list = []  # (record, resid rows, reused last layer?) not yet in a batch
         self.batches: deque[_Batch] = deque()
@@ -244,6 +263,15 @@ class LensQueue:
         self.last_push: float | None = None
         self.step_ms: dict[bool, list[float]] = {False: [], True: []}  # time per token, by placement
         self.decision: str | None = None  # how the placement was measured, once it was
+        # the cores split between the loop and the worker (:func:`split_threads`), on the CPU
+        self.threads = torch.get_num_threads()  # the caller's
+        self.split = split_threads(self.threads) if lm.device.type == "cpu" else (None, None)
+
+    @property
+    def loop_threads(self) -> int | None:
+        """The torch threads the step loop runs with now (``None``: its own), the worker's share of the
+        cores left out (:func:`split_threads`)."""
+        return self.split[1] if self.background else None
 
     # -- queueing --------------------------------------------------------------------------------------
     def push(self, record, resid: torch.Tensor, logits: torch.Tensor) -> list:
@@ -302,7 +330,7 @@ class LensQueue:
             self.decision = (f"{'worker thread' if self.background else 'step loop'} (measured: {b:.1f} ms/token "
                              f"with the lens on a worker thread, {a:.1f} in the step loop)")
             self.lm.extra["lens_placement"] = self.decision
-            self.lm.extra["lens_measured"] = (torch.get_num_threads(), time.monotonic(), self.background)
+            self.lm.extra["lens_measured"] = (self.threads, time.monotonic(), self.background)
         elif len(loop) >= TRIAL_STEPS:
             self.background = True
 
@@ -314,8 +342,11 @@ class LensQueue:
         stacked = rows[0] if len(rows) == 1 else torch.cat(rows)  # [sum of rows, d]: one product
         if self.background:
             if self.pool is None:
-                self.pool = ThreadPoolExecutor(1, thread_name_prefix="openmav-lens")
-            batch.result = self.pool.submit(lens_top, self.lm, stacked, self.k, WORKER_SLICE)
+                threads = self.split[0]
+                self.pool = ThreadPoolExecutor(1, thread_name_prefix="openmav-lens",
+                                               initializer=None if threads is None else torch.set_num_threads,
+                                               initargs=() if threads is None else (threads,))
+            batch.result = self.pool.submit(lens_top, self.lm, stacked, self.k)
         else:
             batch.result = lens_top(self.lm, stacked, self.k)
         self.batches.append(batch)

@@ -36,7 +36,8 @@ class CaptureConfig:
     the machine (:func:`~openmav.capture.lens.lens_placement`: a worker thread when cores are
     spare beyond torch's threads, the step loop on one core or an accelerator, else measured in
     the first steps); ``True`` forces the worker thread (the lens of token ``t`` overlaps the
-    forward of token ``t + 1``), ``False`` the step loop.
+    forward of token ``t + 1``, each on its own cores: :func:`~openmav.capture.lens.split_threads`),
+    ``False`` the step loop.
     ``lens_batch = n`` computes the lens of ``n`` steps in one product: records then arrive
     ``n`` at a time, in order, each with its lens; for consumers that do not show each token as it
     comes (JSON lines, recordings, maps, the API's records).  ``1`` (the live view) gives every
@@ -132,7 +133,34 @@ def generate_steps(lm: LoadedModel, prompt: str | None = None, max_new_tokens: i
     worker thread while the forward of token ``t + 1`` runs, so record ``t`` is yielded
     once that forward is done; with ``capture.lens_batch = n``, records are yielded ``n``
     at a time.  The numbers are the same wherever and however the lens is computed.
+    Where the worker takes a core from torch's threads (:func:`~openmav.capture.lens.split_threads`),
+    the generator's own work runs with one thread fewer; the caller's setting is back in place
+    whenever a record is handed over.
     """
+    lens: list[LensQueue] = []  # the generation's lens queue, once it has one
+    steps = _generate_steps(lm, prompt, max_new_tokens, sampling, capture, stop_at_eos, input_ids, lens)
+    try:
+        while True:
+            threads = lens[0].loop_threads if lens else None
+            caller = torch.get_num_threads() if threads else None
+            if threads:
+                torch.set_num_threads(threads)
+            try:
+                record = next(steps)
+            except StopIteration:
+                return
+            finally:
+                if threads:
+                    torch.set_num_threads(caller)
+            yield record
+    finally:
+        steps.close()
+
+
+def _generate_steps(lm, prompt, max_new_tokens, sampling, capture, stop_at_eos, input_ids,
+                    lens_out: list) -> Iterator[StepRecord]:
+    """:func:`generate_steps`'s loop; its lens queue goes into ``lens_out`` (whose split of the cores
+    the caller applies)."""
     if max_new_tokens < 1:
         raise InputError(f"max new tokens must be >= 1, got {max_new_tokens}")
     sampling = sampling or SamplingConfig()
@@ -156,6 +184,7 @@ def generate_steps(lm: LoadedModel, prompt: str | None = None, max_new_tokens: i
         if background is None and capture.lens_batch == 1:
             background = remembered_placement(lm)  # still None: measured in the first steps
         lens = LensQueue(lm, capture.lens_top_k, capture.lens_batch, background, texts)
+        lens_out.append(lens)
     with torch.inference_mode(), attention_implementation(model, impl), _closing(lens), \
             CaptureHooks(parts, attention=capture.attention) as hooks:
         hooks.full_pattern = capture.attention and capture.prompt_attention
