@@ -251,6 +251,8 @@ def test_the_worker_and_the_loop_split_the_cores(tiny, monkeypatch, cores, loop,
     """With torch's 2 threads on 2 cores, the loop gives one up to the worker while it runs; with a
     spare core, the worker takes it and the loop keeps both.  The caller's setting is in place
     whenever a record is handed over, and after an interrupted generation."""
+    if not lens_mod.per_thread_counts():
+        pytest.skip("this torch has one thread count for the whole process")
     lm = tiny("llama")
     inline = records(lm, n=6, lens_in_background=False)
     monkeypatch.setattr(lens_mod, "available_cores", lambda: cores)
@@ -281,6 +283,16 @@ def test_the_worker_and_the_loop_split_the_cores(tiny, monkeypatch, cores, loop,
     assert between == [2] * 6 and after_close == 2
     assert seen_loop[0] == 2 and seen_loop[-1] == loop and set(seen_loop) <= {2, loop}
     assert seen_worker and all(name.startswith("openmav-lens") and n == worker for name, n in seen_worker)
+
+
+def test_one_thread_count_for_the_process_means_no_split(monkeypatch):
+    """Where torch's thread count is not per thread (a native pool), the worker cannot take a share
+    of its own: the loop keeps its threads and the worker is left as torch starts it."""
+    monkeypatch.setattr(lens_mod, "per_thread_counts", lambda: False)
+    monkeypatch.setattr(lens_mod, "available_cores", lambda: 2)
+    assert lens_mod.split_threads(2) == (None, None)
+    monkeypatch.setattr(lens_mod, "per_thread_counts", lambda: True)
+    assert lens_mod.split_threads(2) == (1, 1) and lens_mod.split_threads(1) == (1, None)
 
 
 def queue_records(lm, n):

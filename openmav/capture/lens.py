@@ -44,6 +44,7 @@ threads fill the machine, the loop gives up one for the generation (:func:`split
 
 from __future__ import annotations
 
+import functools
 import os
 import statistics
 import time
@@ -62,9 +63,17 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def split_threads(threads: int) -> tuple[int, int | None]:
-    """``(worker, loop)``: the torch threads of the lens's worker thread, and those of the step loop
-    while the worker runs (``None``: the loop keeps its ``threads``), on the CPU.
+@functools.cache
+def per_thread_counts() -> bool:
+    """Whether torch's intra-op thread count belongs to the thread that sets it: true of its OpenMP
+    backend (this machine's, and the usual CPU builds'); a native thread pool has one count."""
+    return "parallel backend: OpenMP" in torch.__config__.parallel_info()
+
+
+def split_threads(threads: int) -> tuple[int | None, int | None]:
+    """``(worker, loop)``: the torch threads of the lens's worker thread (``None``: as torch gives a new
+    thread), and those of the step loop while the worker runs (``None``: the loop keeps its
+    ``threads``), on the CPU.
 
     The worker takes the cores the loop's threads leave (at most as many as the loop has); where
     the loop's threads take every core, the loop gives one up for the generation and the worker
@@ -74,6 +83,8 @@ def split_threads(threads: int) -> tuple[int, int | None]:
     one-token forward as fast as on two (41.7 against 41.4 ms), and the lens on the other core
     then overlaps it whole (44 ms/token against 59 with the lens in the loop, and 59 with a
     worker that shares both cores with the loop)."""
+    if not per_thread_counts():
+        return None, None  # one count for the whole process: the worker shares the loop's threads
     spare = available_cores() - threads
     if spare >= 1:
         return min(spare, threads), None
