@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import sys
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -96,22 +95,6 @@ def default_threads() -> int | None:
     if os.environ.get("OMP_NUM_THREADS"):
         return None
     return max(1, available_cores() - 1)
-
-
-@contextmanager
-def torch_threads(threads: int | None):
-    """Run the body with ``threads`` torch intra-op threads (``None``: unchanged), then restore."""
-    if threads is None:
-        yield
-        return
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(int(threads))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _load_backend(model, device, seed, model_obj, tokenizer_obj, dtype, backend, placement=None):
@@ -244,6 +227,8 @@ def MAV(model: str | None = None, prompt: str | None = None, max_new_tokens: int
     mode = "interactive" if interactive else format
     if mode == "interactive" and keys is None and not sys.stdin.isatty():
         raise InputError("--interactive needs a terminal (stdin is not one)")
+    from .capture.lens import torch_threads
+
     with torch_threads(default_threads() if threads is None else threads):
         be = _load_backend(model, device, seed, model_obj, tokenizer_obj, dtype, backend,
                            {"device_map": device_map, "offload_folder": offload_folder, "quantization": quantization})

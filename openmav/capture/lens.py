@@ -49,6 +49,7 @@ import os
 import statistics
 import time
 from collections import deque
+from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
@@ -93,6 +94,20 @@ def split_threads(threads: int) -> tuple[int | None, int | None]:
     return 1, None
 
 
+@contextmanager
+def torch_threads(threads: int | None):
+    """Run the body with ``threads`` torch intra-op threads (``None``: unchanged), then restore."""
+    if threads is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def lens_placement(device: torch.device | str | None = None) -> bool | None:
     """``True``: the lens runs on a worker thread; ``False``: in the step loop; ``None``: measure
     both in the first steps (see the module's doc)."""
@@ -134,16 +149,16 @@ def remembered_placement(lm) -> bool | None:
     return None
 
 
-def lens_top(lm, resid: torch.Tensor, k: int, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def lens_top(lm, resid: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-``k`` ids ``[n, k]`` and probabilities ``[n, k]`` of the logit lens of each row of ``resid [n, d]``.
 
     On the CPU, with a plain linear unembedding whose weight is in memory, the vocabulary is
-    walked in slices of ``width`` (default :data:`VOCAB_SLICE`) (:func:`_lens_top_sliced`): all rows go through
+    walked in slices of :data:`VOCAB_SLICE` (:func:`_lens_top_sliced`): all rows go through
     each slice of the unembedding once, so it is read once whatever the batch, the temporary
     is ``[n, VOCAB_SLICE]`` and the top-k and the normaliser run on it while it is in cache.
     Elsewhere (an accelerator: fewer, larger kernels; an unembedding that is a chain of modules
     or offloaded by a device map) one product per :func:`lens_rows` rows (:func:`_lens_top`)."""
-    width = width or VOCAB_SLICE
+    width = VOCAB_SLICE
     if _sliceable(lm.parts.unembed, resid, width):
         return _lens_top_sliced(lm, resid, k, width)
     step = lens_rows(lm)

@@ -22,7 +22,7 @@ from ..metrics import entropy, max_abs
 from . import fast_attention
 from .cached_forward import CachedForward
 from .hooks import CaptureHooks, attention_implementation
-from .lens import LensQueue, lens_placement, remembered_placement
+from .lens import LensQueue, lens_placement, remembered_placement, torch_threads
 from .records import StepRecord
 from .sampling import Sampler, SamplingConfig
 from .tokens import IncrementalDecoder, TokenTexts
@@ -141,17 +141,10 @@ def generate_steps(lm: LoadedModel, prompt: str | None = None, max_new_tokens: i
     steps = _generate_steps(lm, prompt, max_new_tokens, sampling, capture, stop_at_eos, input_ids, lens)
     try:
         while True:
-            threads = lens[0].loop_threads if lens else None
-            caller = torch.get_num_threads() if threads else None
-            if threads:
-                torch.set_num_threads(threads)
-            try:
-                record = next(steps)
-            except StopIteration:
+            with torch_threads(lens[0].loop_threads if lens else None):
+                record = next(steps, None)
+            if record is None:
                 return
-            finally:
-                if threads:
-                    torch.set_num_threads(caller)
             yield record
     finally:
         steps.close()
