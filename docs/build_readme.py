@@ -99,8 +99,8 @@ def fill(text: str, page: str, cache: dict[str, str]) -> tuple[str, list[str]]:
 
 def readme_from(home: str) -> str:
     """README.md's text: the home page with its links pointed into docs/."""
-    note = f"<!-- This file is written by `{BUILD}` from docs/index.md: edit that page, then run it. -->\n"
-    return note + LINK.sub(lambda m: f"](docs/{m.group(1)})", home)
+    note = f"\n<!-- This file is written by `{BUILD}` from docs/index.md: edit that page, then run it. -->\n"
+    return LINK.sub(lambda m: f"](docs/{m.group(1)})", home).rstrip("\n") + "\n" + note
 
 
 def expected() -> dict[Path, str]:
