@@ -28,6 +28,7 @@ chromium:
 # Before pytest, the documentation site (mkdocs.yml): a broken link or a missing or stale generated table fails it.
 # Not --quiet, which hides the warnings --strict counts; built into a temporary folder that no other run shares.
 test: install chromium
+	$(BIN)/lint-imports --no-cache  # the layers of pyproject.toml's [tool.importlinter]
 	d=$$(mktemp -d) && NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir "$$d"; \
 	  rc=$$?; rm -rf "$$d"; exit $$rc
 	$(BIN)/python -m pytest -q -p no:cacheprovider

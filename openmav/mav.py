@@ -185,6 +185,35 @@ def run_view(stream: Iterable, panels, *, mode: str = "auto", console=None, refr
     return result
 
 
+def check_mav_args(model, prompt, max_new_tokens, refresh_rate, interactive, temp, top_k, top_p, min_p,
+                   repetition_penalty, seed, num_grid_rows, record, reverify) -> None:
+    """:func:`MAV`'s numbers, text and flags by the command line's own rules (:mod:`openmav.rules`), before
+    any panel is made or model loaded; the view options, device, dtype and panels are checked where they
+    are used (:class:`~openmav.view.options.ViewOptions`, the backend, the panel registry), also before."""
+    from .rules import MAX_NEW_TOKENS, VIEW, Flag, check_model_name, check_sampling, check_text
+
+    if model is not None:
+        check_model_name("model", model)
+    if prompt is not None:
+        check_text("prompt", prompt)
+    MAX_NEW_TOKENS.check("max_new_tokens", max_new_tokens)
+    if refresh_rate != float("inf"):  # inf: no cap (what the command line's 0 becomes)
+        VIEW["refresh_rate"].check("refresh_rate", refresh_rate)
+    if num_grid_rows is not None:
+        VIEW["num_grid_rows"].check("num_grid_rows", num_grid_rows)
+    check_sampling(temp, top_k, top_p, min_p, repetition_penalty, seed)
+    for name, value in (("temp", temp), ("top_p", top_p), ("min_p", min_p), ("repetition_penalty",
+                                                                               repetition_penalty)):
+        if value is None:
+            raise InputError(f"{name} must be a number, got None")
+    Flag().check("interactive", interactive)
+    Flag().check("reverify", reverify)
+    if record:  # "" or None: no recording
+        from .rules import check_save_path
+
+        check_save_path("record", record)
+
+
 def MAV(model: str | None = None, prompt: str | None = None, max_new_tokens: int = 200, refresh_rate: float = 10.0,
         interactive: bool = False, limit_chars: int = 400, temp: float = 0.0, top_k: int = 50, top_p: float = 1.0,
         min_p: float = 0.0, repetition_penalty: float = 1.0, max_bar_length: int = 35, device: str = "auto",
@@ -192,7 +221,7 @@ def MAV(model: str | None = None, prompt: str | None = None, max_new_tokens: int
         tokenizer_obj=None, selected_panels=None, num_grid_rows: int | None = None, external_panels=None,
         aggregation: str = "l2", format: str = "auto", record: str | None = None, dtype: str = "float32",
         console=None, keys=None, threads: int | None = None, device_map=None, offload_folder: str | None = None,
-        quantization: str | None = None) -> MAVResult:
+        quantization: str | None = None, reverify: bool = False) -> MAVResult:
     """Run the live view on ``model`` (default: the bundled SmolLM2-135M) continuing ``prompt``.
 
     ``temp`` 0 is greedy; ``top_k``/``top_p``/``min_p``/``repetition_penalty`` act as in
@@ -205,11 +234,15 @@ def MAV(model: str | None = None, prompt: str | None = None, max_new_tokens: int
     intra-op threads for the run (default :func:`default_threads`), restored afterwards.
     ``device_map``/``offload_folder``/``quantization``: as
     :func:`~openmav.backends.loading.load_model` (a model bigger than one device, 8/4-bit).
+    ``reverify``: verify the model's parts again even where a verdict for this model and library
+    version is remembered (``--verify``).
     Returns a :class:`MAVResult`.
     """
     from .processors.state_fetcher import StateFetcher
     from .processors.state_processor import AGGREGATIONS
 
+    check_mav_args(model, prompt, max_new_tokens, refresh_rate, interactive, temp, top_k, top_p, min_p,
+                   repetition_penalty, seed, num_grid_rows, record, reverify)
     if format not in FORMATS:
         raise InputError(f"unknown format {format!r}: use one of {', '.join(FORMATS)}")
     if aggregation not in AGGREGATIONS or scale not in SCALES:
@@ -231,7 +264,8 @@ def MAV(model: str | None = None, prompt: str | None = None, max_new_tokens: int
 
     with torch_threads(default_threads() if threads is None else threads):
         be = _load_backend(model, device, seed, model_obj, tokenizer_obj, dtype, backend,
-                           {"device_map": device_map, "offload_folder": offload_folder, "quantization": quantization})
+                           {"device_map": device_map, "offload_folder": offload_folder, "quantization": quantization,
+                            "reverify": reverify})
         # the panels scale per panel themselves; the processor's *_normalized fields (for plugins) stay linear
         fetcher = StateFetcher(be, max_new_tokens, aggregation, "linear" if scale == "auto" else scale,
                                capture_config(panels, record_everything=False,

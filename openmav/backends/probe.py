@@ -13,16 +13,14 @@ from dataclasses import dataclass, field
 import torch
 
 from ..capture.hooks import attention_implementation
+from .devices import input_device
+from .parts import text_config
 
 PROBE_IDS = (5, 17, 3, 29, 11, 7, 23, 13)
 
 
 def probe_ids(model) -> torch.Tensor:
-    from .parts import text_config
-
     vocab = int(getattr(text_config(model.config), "vocab_size", None) or getattr(model.config, "vocab_size", 64))
-    from .loading import input_device
-
     device = input_device(model)
     return torch.tensor([[i % vocab for i in PROBE_IDS]], device=device)
 

@@ -18,7 +18,7 @@ and attention sinks:
 Where a model's attention has features this function does not reproduce with the fast
 kernel (a soft-cap, sinks or a position bias), the output is computed from the same
 probabilities (eager arithmetic), so numbers never change.  A model is switched to it
-only when :func:`rows_match_eager` has checked, on the model itself, that the rows and
+only when :func:`openmav.backends.verify.rows_match_eager` has checked, on the model itself, that the rows and
 logits equal eager attention (1e-5 in fp32); otherwise the step loop uses eager.
 """
 
@@ -123,53 +123,3 @@ def register() -> str:
 def supports_registry(model) -> bool:
     """Whether the model's attention dispatches through the registry (the functional attention API)."""
     return bool(getattr(type(model), "_supports_attention_backend", False))
-
-
-def rows_match_eager(model, parts, tol: float = 1e-5, reference=None) -> bool:
-    """On the model itself: do this function's patterns and logits equal eager attention's?
-
-    ``reference``: the eager forward already run on the model (a
-    :class:`~openmav.backends.probe.Probe` with these layers' weights and the logits, as
-    :func:`openmav.backends.verify.verify_parts` returns it); else one is run here.  At load,
-    :func:`openmav.backends.verify.check_steps` checks the same through a prefill and cached
-    steps first, and calls this only where that differs."""
-    from ..backends.probe import probe_forward
-    from .hooks import attention_implementation
-
-    register()
-    mods = [parts.attn[i] for i in parts.attention_layers]
-    try:
-        eager = reference if reference is not None else probe_forward(model, mods, output_attentions=False)
-        with attention_implementation(model, NAME):
-            STATE.full = True
-            fast = _probe_with(model, mods, eager.ids)
-    except Exception:  # noqa: BLE001 - a model this function cannot drive keeps eager attention
-        return False
-    if getattr(model.config, "_attn_implementation", None) == NAME:
-        return False  # not switched back: never leave a model changed
-    for m in mods:
-        a, b = eager.weights.get(m), fast.weights.get(m)
-        if a is None or b is None or a.shape != b.shape or float((a - b).abs().max()) > tol:
-            return False
-    if eager.logits is None:
-        return False
-    scale = max(1.0, float(eager.logits.abs().max()))
-    return float((eager.logits - fast.logits).abs().max()) <= 10 * tol * scale
-
-
-def _probe_with(model, mods, ids=None):
-    """Like :func:`openmav.backends.probe.probe_forward`, in whatever attention the model has now."""
-    from ..backends.probe import Probe, probe_ids, weights_of
-
-    ids = probe_ids(model) if ids is None else ids
-    run = Probe(ids=ids)
-    handles = [m.register_forward_hook(lambda mod, a, o: run.weights.__setitem__(mod, weights_of(o).float()))
-               for m in mods]
-    try:
-        with torch.no_grad():
-            out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
-    run.logits = out.logits.float()
-    return run

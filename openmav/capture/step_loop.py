@@ -11,21 +11,25 @@ import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import torch
 
-from ..backends.loading import LoadedModel
 from ..errors import InputError, NonFiniteLogitsError
 from ..metrics import entropy, max_abs
+from ..rules import MAX_NEW_TOKENS, Flag, Number, check_text, shown
 from . import fast_attention
 from .cached_forward import CachedForward
 from .hooks import CaptureHooks, attention_implementation
+from .inputs import check_ids, check_lm, vocab_size
 from .lens import LensQueue, lens_placement, remembered_placement, torch_threads
 from .records import StepRecord
 from .sampling import Sampler, SamplingConfig
 from .tokens import IncrementalDecoder, TokenTexts
+
+if TYPE_CHECKING:  # an annotation only: the engine sits below model loading and never imports it
+    from ..backends.loading import LoadedModel
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,20 @@ class CaptureConfig:
     lens_in_background: bool | None = None
     lens_batch: int = 1
 
+    def __post_init__(self):
+        for name in ("attention", "prompt_attention", "logit_lens"):
+            Flag().check(name, getattr(self, name))
+        if self.lens_in_background is not None:
+            Flag().check("lens_in_background", self.lens_in_background)
+        Number(int, 1, TOP_K_MAX).check("lens_top_k", self.lens_top_k)
+        Number(int, 0, TOP_K_MAX).check("top_k", self.top_k)
+        Number(int, 1, LENS_BATCH_MAX).check("lens_batch", self.lens_batch)
+
+
+TOP_K_MAX = 1_000_000  # a vocabulary is smaller; the step loop takes min(k, vocabulary)
+LENS_BATCH_MAX = 4096  # steps per lens product: [batch * layers, d] rows held until the product runs
+LENS_BYTES_MAX = 2**31  # logit_lens refuses an output [rows, vocab] larger than this: pass fewer rows at a time
+
 
 def attention_rows_implementation(lm: LoadedModel) -> str:
     """``"openmav_rows"`` (fast kernel for the output, probability rows beside it) where it was checked
@@ -69,19 +87,22 @@ def token_texts(lm: LoadedModel) -> TokenTexts:
 
 
 def encode_prompt(lm: LoadedModel, prompt: str, max_new_tokens: int = 0) -> torch.Tensor:
-    """Token ids ``[1, P]`` for ``prompt``; errors for an empty prompt or one past the context."""
-    if prompt is None or not str(prompt).strip():
+    """Token ids ``[1, P]`` for ``prompt``; errors for a prompt that is not text, is empty, is not valid
+    UTF-8 or is past the context (counted before a tensor is made)."""
+    if prompt is not None:
+        check_text("prompt", prompt)
+    if prompt is None or not prompt.strip():
         raise InputError("the prompt is empty: give some text to continue")
-    ids = lm.tokenizer(prompt, return_tensors="pt").input_ids
-    if ids.shape[1] == 0:
+    ids = lm.tokenizer(prompt).input_ids
+    if len(ids) == 0:
         raise InputError("the prompt encodes to no tokens")
     ctx = lm.context_length
-    if ctx and ids.shape[1] + max_new_tokens > ctx:
+    if ctx and len(ids) + max_new_tokens > ctx:
         raise InputError(
-            f"the prompt is {ids.shape[1]} tokens and {max_new_tokens} new tokens were asked for, "
+            f"the prompt is {len(ids)} tokens and {max_new_tokens} new tokens were asked for, "
             f"but {lm.name} has a context of {ctx} tokens: shorten the prompt or lower --max-new-tokens"
         )
-    return ids.to(lm.device)
+    return torch.tensor([ids], dtype=torch.long, device=lm.device)
 
 
 def logit_lens(lm: LoadedModel, resid: torch.Tensor) -> torch.Tensor:
@@ -89,8 +110,20 @@ def logit_lens(lm: LoadedModel, resid: torch.Tensor) -> torch.Tensor:
 
     The final norm is applied to each row with that row's own statistics; Gemma's
     final logit soft-capping is applied when the model has it, so the last layer's
-    lens equals the model's own logits.
+    lens equals the model's own logits.  ``resid`` must be a float tensor whose last
+    dimension is the model's width, and the logits of its rows must fit in
+    :data:`LENS_BYTES_MAX` (pass fewer rows at a time otherwise).
     """
+    check_lm(lm)
+    if not isinstance(resid, torch.Tensor) or not resid.is_floating_point() or resid.dim() < 1:
+        raise InputError(f"resid must be a float tensor [rows, d], got {shown(resid)}")
+    weight = getattr(lm.parts.unembed, "weight", None)
+    if weight is not None and resid.shape[-1] != weight.shape[-1]:
+        raise InputError(f"resid must end in the model's width {weight.shape[-1]}, got shape {list(resid.shape)}")
+    rows, vocab = resid.numel() // max(1, resid.shape[-1]), vocab_size(lm) or 0
+    if rows * vocab * 4 > LENS_BYTES_MAX:
+        raise InputError(f"resid has {rows} rows: their lens is {rows} x {vocab} logits, more than "
+                         f"{LENS_BYTES_MAX // 2**20} MiB; pass at most {LENS_BYTES_MAX // (4 * vocab)} rows at a time")
     return lm.parts.lens(resid)
 
 
@@ -136,9 +169,37 @@ def generate_steps(lm: LoadedModel, prompt: str | None = None, max_new_tokens: i
     Where the worker takes a core from torch's threads (:func:`~openmav.capture.lens.split_threads`),
     the generator's own work runs with one thread fewer; the caller's setting is back in place
     whenever a record is handed over.
+
+    Every argument is checked when this is called, before any forward (:func:`check_generation`):
+    a bad one is an :class:`~openmav.errors.InputError` naming it, its valid range and the value given.
     """
+    input_ids = check_generation(lm, prompt, max_new_tokens, sampling, capture, stop_at_eos, input_ids)
+    return _steps_on_threads(lm, max_new_tokens, sampling, capture, stop_at_eos, input_ids)
+
+
+def check_generation(lm, prompt, max_new_tokens, sampling, capture, stop_at_eos, input_ids) -> torch.Tensor:
+    """:func:`generate_steps`'s arguments checked by the shared rules (:mod:`openmav.rules`); returns the
+    prompt's token ids ``[1, P]`` (``input_ids`` itself when given).  The ids' length is checked against
+    the context, with the new tokens, before anything is encoded into a tensor or run."""
+    check_lm(lm)
+    MAX_NEW_TOKENS.check("max_new_tokens", max_new_tokens)
+    if sampling is not None and not isinstance(sampling, SamplingConfig):
+        raise InputError(f"sampling must be a SamplingConfig (or None for greedy), got {shown(sampling)}")
+    if capture is not None and not isinstance(capture, CaptureConfig):
+        raise InputError(f"capture must be a CaptureConfig (or None for every capture), got {shown(capture)}")
+    Flag().check("stop_at_eos", stop_at_eos)
+    if input_ids is None:
+        return encode_prompt(lm, prompt, max_new_tokens)
+    if prompt is not None:
+        raise InputError("pass prompt or input_ids, not both")
+    check_ids(lm, "input_ids", input_ids, max_new_tokens)
+    return input_ids
+
+
+def _steps_on_threads(lm, max_new_tokens, sampling, capture, stop_at_eos, input_ids) -> Iterator[StepRecord]:
+    """The records of :func:`_generate_steps`, each handed over with the caller's torch threads in place."""
     lens: list[LensQueue] = []  # the generation's lens queue, once it has one
-    steps = _generate_steps(lm, prompt, max_new_tokens, sampling, capture, stop_at_eos, input_ids, lens)
+    steps = _generate_steps(lm, max_new_tokens, sampling, capture, stop_at_eos, input_ids, lens)
     try:
         while True:
             with torch_threads(lens[0].loop_threads if lens else None):
@@ -150,16 +211,12 @@ def generate_steps(lm: LoadedModel, prompt: str | None = None, max_new_tokens: i
         steps.close()
 
 
-def _generate_steps(lm, prompt, max_new_tokens, sampling, capture, stop_at_eos, input_ids,
+def _generate_steps(lm, max_new_tokens, sampling, capture, stop_at_eos, input_ids,
                     lens_out: list) -> Iterator[StepRecord]:
-    """:func:`generate_steps`'s loop; its lens queue goes into ``lens_out`` (whose split of the cores
-    the caller applies)."""
-    if max_new_tokens < 1:
-        raise InputError(f"max new tokens must be >= 1, got {max_new_tokens}")
+    """:func:`generate_steps`'s loop over checked arguments; its lens queue goes into ``lens_out`` (whose
+    split of the cores the caller applies)."""
     sampling = sampling or SamplingConfig()
     capture = capture or CaptureConfig()
-    if input_ids is None:
-        input_ids = encode_prompt(lm, prompt, max_new_tokens)
     model, parts, texts = lm.model, lm.parts, token_texts(lm)
     sampler = Sampler(sampling, lm.device)
     decoder = IncrementalDecoder(lm.tokenizer)

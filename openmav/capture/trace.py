@@ -272,7 +272,7 @@ def load_trace(path) -> tuple[dict, list[StepRecord]]:
     archive, truncated, another program's archive, a malformed or inconsistent
     header or array) is an :class:`InputError` that names the file and the problem.
     """
-    from ..cli.validate import check_input_file
+    from ..rules import check_input_file
 
     path = check_input_file(path, "trace file")
     try:

@@ -13,9 +13,7 @@ import math
 
 from .. import __version__
 
-# the registry's order, which is also the priority order (a small terminal drops panels from the end)
-PANEL_NAMES = ("generated_text", "top_predictions", "mlp_activations", "attention_entropy", "attention", "logit_lens",
-               "output_distribution", "residual_stream", "head_entropy")
+from ..view.panels.names import BUILTIN_NAMES as PANEL_NAMES  # the registry's order (also the priority order)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -76,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(
         prog="mav", description="Watch a language model think: a live view of each generated token "
         "(top predictions, per-layer MLP output, attention entropy, logit lens, attention).",
-        epilog="subcommands (each with --help): mav replay FILE (show a --record trace again), mav maps (logit-lens attention maps), mav compare (attention statistics and plots across prompts), mav serve (web explorer: heads, ablation, circuits), mav models (which model types are supported, or --check TYPE), mav cache (list or clean converted models)")
+        epilog="subcommands (each with --help): mav replay FILE (show a --record trace again), mav maps (logit-lens attention maps), mav compare (attention statistics and plots across prompts), mav serve (web explorer: heads, ablation, circuits), mav scan (what every neuron and head does across a corpus), mav models (which model types are supported, or --check TYPE), mav cache (list or clean converted models)")
     p.add_argument("--version", action="version", version=f"openmav {__version__}")
     p.add_argument("--model", default=None,
                    help="bundled name (smollm2-135m, gemma3-270m), .gguf file, model folder or hub id "

@@ -67,7 +67,7 @@ def options_from_args(args: argparse.Namespace):
                        dtype=args.dtype, chat=args.chat, window=args.window, stride=args.stride, reduce=reduce,
                        head=args.head, load_in_8bit=args.load_in_8bit, workers=workers, overwrite=args.overwrite,
                        load_in_4bit=args.load_in_4bit, device_map=args.device_map,
-                       offload_folder=args.offload_folder)
+                       offload_folder=args.offload_folder, reverify=args.verify)
 
 
 def check_flag_pairs(args: argparse.Namespace) -> None:

@@ -38,6 +38,7 @@ class MapsOptions:
     load_in_8bit: bool = False
     load_in_4bit: bool = False
     device_map: str | None = None
+    reverify: bool = False  # --verify: check the parts again even where a verdict is remembered
     offload_folder: str | None = None
     workers: int = 0
     overwrite: bool = False
@@ -114,7 +115,8 @@ def load(o: MapsOptions):
     from ..backends.loading import load_model
 
     return load_model(o.model, device=o.device, dtype=o.dtype, device_map=o.device_map,
-                      offload_folder=o.offload_folder, quantization=_quantization(o))
+                      offload_folder=o.offload_folder, quantization=_quantization(o),
+                      reverify=o.reverify)
 
 
 def check_model(o: MapsOptions, lm) -> None:

@@ -8,7 +8,7 @@ from typing import Iterator
 from ..api.measurements import ModelMeasurements
 from ..capture.sampling import SamplingConfig
 from ..capture.step_loop import CaptureConfig, generate_steps
-from ..cli.validate import MAX_NEW_TOKENS, check_sampling, check_text
+from ..rules import MAX_NEW_TOKENS, check_sampling, check_text
 from .state_processor import StateProcessor
 
 # steps per logit-lens product for the raw record stream (records arrive this many at a time, in order,

@@ -36,7 +36,7 @@ class ViewOptions:
     top_rows: int = 10
 
     def __post_init__(self) -> None:
-        from ..cli.validate import VIEW, Number, check_text
+        from ..rules import VIEW, Number, check_text
         from ..errors import InputError
 
         VIEW["max_bar_length"].check("max_bar_length", self.max_bar_length)

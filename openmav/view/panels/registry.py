@@ -13,6 +13,7 @@ from ...errors import InputError
 from ..options import ViewOptions
 from .attention_panels import AttentionPanel, HeadEntropyPanel
 from .layer_panels import AttentionEntropyPanel, LogitLensPanel, MLPActivationsPanel, ResidualStreamPanel
+from .names import BUILTIN_NAMES, DEFAULT_PANELS as _DEFAULTS
 from .panel_base import PanelBase
 from .text_panels import BuiltinPanel, GeneratedTextPanel, OutputDistributionPanel, TopPredictionsPanel
 
@@ -23,8 +24,9 @@ BUILTIN: dict[str, type[BuiltinPanel]] = {
     for cls in (GeneratedTextPanel, TopPredictionsPanel, MLPActivationsPanel, AttentionEntropyPanel,
                 AttentionPanel, LogitLensPanel, OutputDistributionPanel, ResidualStreamPanel, HeadEntropyPanel)
 }
-DEFAULT_PANELS = ["generated_text", "top_predictions", "mlp_activations", "attention_entropy", "attention",
-                  "output_distribution"]
+if tuple(BUILTIN) != BUILTIN_NAMES:  # the light index the command line reads must match the classes
+    raise RuntimeError("openmav.view.panels.names must list the built-in panels in the registry's order")
+DEFAULT_PANELS = list(_DEFAULTS)
 
 
 def split_names(selected) -> list[str]:
