@@ -249,6 +249,28 @@ def test_an_encoder_given_to_a_causal_view_is_one_line(command, capsys, tmp_path
     assert code == 2 and len(err) == 1 and "is an encoder" in err[0] and "causal LM" in err[0]
 
 
+def _free_port() -> str:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("command", [[], ["maps", "--prompt", "Hi", "--output-dir", "out"], ["serve", "--port"]])
+def test_the_bundled_encoder_by_name_is_refused_as_an_encoder_not_asked_of_the_hub(command, capsys, tmp_path,
+                                                                                  monkeypatch):
+    from openmav.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    args = [*command, _free_port()] if command[:1] == ["serve"] else [*command, "--max-new-tokens", "2"]
+    code = main([*args, "--model", "all-minilm-l6-v2"] + (["--format", "jsonl"] if not command else []))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert "all-minilm-l6-v2 is an encoder" in err[0] and "causal LM" in err[0] and "hub" not in err[0]
+
+
 # a representative slice of the sweep in CI (the full sweep: python -m openmav.support)
 INFERRED_SLICE = ["afmoe", "bamba", "bart", "ctrl", "dbrx", "emu3", "falcon_h1", "fuyu", "granitemoehybrid", "lfm3",
                   "llama4_text", "mllama", "nemotron_h", "olmo_hybrid", "qwen3_next", "recurrent_gemma", "rwkv",

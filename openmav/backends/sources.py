@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ModelSourceError
+from .encoders import BUNDLED_ENCODERS, bundled_encoder_dir
 
 
 class CacheError(ModelSourceError):
@@ -704,11 +705,15 @@ def resolve_source(name: str | None) -> ResolvedSource:
     """Decide what a model name means, without loading weights.
 
     ``None`` means the default model; a bundled name, a ``.gguf`` path, an existing
-    directory, or else a Hugging Face hub id.
+    directory, or else a Hugging Face hub id.  A bundled encoder's name (:data:`BUNDLED_ENCODERS`)
+    means its folder in the installed package, so a causal view refuses it by its config
+    rather than asking the hub for it.
     """
     name = name or default_model_name()
     if name in BUNDLED:
         return ResolvedSource(name, "bundled", "", bundled_gguf_path(name))
+    if name.lower() in BUNDLED_ENCODERS:
+        return ResolvedSource(name, "bundled", str(bundled_encoder_dir(BUNDLED_ENCODERS[name.lower()])))
     path = Path(name).expanduser()
     if name.lower().endswith(".gguf"):
         if not path.is_file():
