@@ -726,3 +726,63 @@ def resolve_source(name: str | None) -> ResolvedSource:
     if name.startswith((".", "/", "~")) or os.sep + os.sep in name or name.count("/") > 1:
         raise ModelSourceError(f"no such file or directory: {name}")
     return ResolvedSource(name, "hub", name)
+
+
+CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json", "additional_chat_templates")
+
+
+def has_chat_template(name: str | None) -> bool | None:
+    """Whether the tokenizer of model ``name`` carries a chat template, told from its files alone (no weights
+    read, no tokenizer built): ``tokenizer_config.json``'s ``chat_template`` and the template files beside it
+    (:data:`CHAT_TEMPLATE_FILES`).  ``None`` where the files cannot tell before loading: a GGUF file not
+    converted yet, a hub id whose files are not all in the local cache, a folder without a tokenizer config."""
+    src = resolve_source(name)
+    if src.gguf is not None:
+        try:
+            folder = converted_root() / gguf_sha256(src.gguf)
+        except ModelSourceError:
+            return None  # the load says why, in its own words
+        return _template_in(folder.joinpath) if folder.is_dir() else None
+    if src.kind == "hub":
+        return _template_in(_hub_cached(src.location))
+    return _template_in(Path(src.location).joinpath)
+
+
+def _hub_cached(repo_id: str):
+    """A lookup of ``repo_id``'s files in the local hub cache: a path, ``False`` (known to be absent) or ``None``."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return lambda name: None
+
+    def lookup(name: str):
+        try:
+            found = try_to_load_from_cache(repo_id, name)
+        except Exception:  # noqa: BLE001 - not a valid repo id: nothing is known about it
+            return None
+        return Path(found) if isinstance(found, str) else (None if found is None else False)
+
+    return lookup
+
+
+def _template_in(lookup) -> bool | None:
+    """From ``lookup(file name)`` (a path that may or may not exist, ``False`` for known-absent, ``None`` for
+    unknown): the template is there, known not to be, or unknown."""
+    config = lookup("tokenizer_config.json")
+    if not config or not config.is_file():
+        return None
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if isinstance(data, dict) and data.get("chat_template"):
+        return True
+    unknown = False
+    for name in CHAT_TEMPLATE_FILES:
+        path = lookup(name)
+        if path:
+            if path.exists():
+                return True
+        elif path is None:
+            unknown = True
+    return None if unknown else False

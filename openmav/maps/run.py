@@ -110,6 +110,16 @@ def check_output_dir(path: str, overwrite: bool) -> None:
                 pass
 
 
+def check_chat(o: MapsOptions) -> None:
+    """``--chat`` with a model whose tokenizer files carry no chat template is refused before the model loads
+    (read from the tokenizer config alone; where the files cannot tell, :func:`encode` checks after loading)."""
+    if o.chat:
+        from ..backends.sources import has_chat_template, resolve_source
+
+        if has_chat_template(o.model) is False:
+            raise InputError(f"--chat: {resolve_source(o.model).name}'s tokenizer has no chat template; drop --chat")
+
+
 def load(o: MapsOptions):
     """Load the model: on a device, split by a device map, or quantized (bitsandbytes, CUDA)."""
     from ..backends.loading import load_model
@@ -167,7 +177,9 @@ def run_maps(o: MapsOptions, lm=None, console=None) -> MapsResult:
 
     console = console or Console(stderr=True)
     check_options(o)
-    lm = lm or load(o)
+    if lm is None:
+        check_chat(o)
+        lm = load(o)
     check_model(o, lm)
     ids = encode(o, lm)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
