@@ -287,7 +287,8 @@ def markdown_table(payload: dict) -> str:
     rows = payload["results"]
     for r in [r for r in rows if r["status"] != "unrunnable"]:
         why = r["reason"].replace("|", "\\|")[:140]
-        lines.append(f"| {r['model_type']} | {r['status']} | {r['adapter']} ({r['how']}) | {r['shape']} | "
+        adapter = r["adapter"] if r["adapter"].startswith(f"{r['how']}:") else f"{r['adapter']} ({r['how']})"
+        lines.append(f"| {r['model_type']} | {r['status']} | {adapter} | {r['shape']} | "
                      f"{r['layers']} | {why} |")
     unrunnable = [r for r in rows if r["status"] == "unrunnable"]
     if unrunnable:

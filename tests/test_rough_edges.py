@@ -56,3 +56,61 @@ def test_maps_chat_check_lets_a_model_with_a_template_through_to_loading(tmp_pat
     folder = _model_folder(tmp_path / "jinja", {}, "chat_template.jinja")
     with pytest.raises(ModelSourceError, match="loading"):
         run_maps(MapsOptions(model=str(folder), prompt="Hi", output_dir=str(tmp_path / "out"), chat=chat))
+
+
+def test_mav_models_prints_the_stored_table_without_torch_or_transformers():
+    import subprocess
+    import sys
+
+    code = ("import sys; from openmav.cli import main; main(['models']); "
+            "heavy = [m for m in ('torch', 'transformers', 'numpy') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "runnable causal-LM types pass every invariant" in done.stdout.splitlines()[0]
+
+
+def _models_lines(capsys, *args):
+    from openmav.cli import main
+
+    assert main(["models", *args]) == 0
+    return capsys.readouterr().out.rstrip("\n").split("\n")
+
+
+def test_mav_models_columns_line_up_and_say_inferred_once(capsys):
+    from openmav.support import load, summary
+
+    payload = load()
+    head, *rows = _models_lines(capsys)
+    s = summary(payload)
+    assert head.startswith(f"{s['passed']} of {s['runnable']} runnable") and f"{s['inferred']} inferred" in head
+    assert len(rows) == len(payload["results"])
+    for r, line in zip(payload["results"], rows):
+        assert line.startswith(f"  {r['model_type']} ")
+    # the status column starts at one offset on every line, whatever the length of the type's name
+    assert len({line.index(r["status"], len(r["model_type"]) + 2) for r, line in zip(payload["results"], rows)}) == 1
+    inferred = [line for r, line in zip(payload["results"], rows) if r["how"] == "inferred"]
+    assert inferred and all("(inferred)" not in line and "inferred:" in line for line in inferred)
+    assert any("llama (declared)" in line for line in rows)
+
+
+def test_mav_models_reasons_whole_when_piped_and_cut_at_a_word_in_a_terminal(capsys, monkeypatch):
+    import os
+    import sys
+
+    from openmav.support import load
+
+    failing = [r for r in load()["results"] if r["status"] != "pass"]
+    long = [r for r in failing if len(r["reason"]) > 100]
+    assert long
+    piped = _models_lines(capsys, "--failing")[1:]
+    for r, line in zip(failing, piped):
+        assert line.endswith(r["reason"])
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    monkeypatch.setattr("shutil.get_terminal_size", lambda *a, **k: os.terminal_size((100, 30)))
+    shown = _models_lines(capsys, "--failing")[1:]
+    for r, line in zip(failing, shown):
+        assert len(line) <= 100
+        if not line.endswith(r["reason"]):
+            kept = line[line.index(r["reason"].split()[0]):].removesuffix("…").rstrip()
+            assert r["reason"].startswith(kept) and r["reason"][len(kept)] == " ", (kept, r["reason"])
