@@ -114,3 +114,50 @@ def test_mav_models_reasons_whole_when_piped_and_cut_at_a_word_in_a_terminal(cap
         if not line.endswith(r["reason"]):
             kept = line[line.index(r["reason"].split()[0]):].removesuffix("…").rstrip()
             assert r["reason"].startswith(kept) and r["reason"][len(kept)] == " ", (kept, r["reason"])
+
+
+def _slow_trace(path):
+    import dataclasses
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from view_fixtures import make_record
+
+    from openmav.capture.trace import save_trace
+
+    records = [dataclasses.replace(make_record(i), elapsed_ms=1500.0) for i in range(2)]
+    return save_trace(path, records, {"model": "hand-made", "prompt": "The cat"})
+
+
+@pytest.mark.parametrize("fmt", [None, "text"])
+def test_replay_not_on_a_terminal_writes_its_lines_without_the_recorded_pauses(tmp_path, capsys, monkeypatch, fmt):
+    import time
+
+    from openmav.cli import main
+
+    trace = _slow_trace(tmp_path / "slow.npz")
+    pauses = []
+    monkeypatch.setattr(time, "sleep", pauses.append)
+    assert main(["replay", str(trace)] + (["--format", fmt] if fmt else [])) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 3 and not any(pauses), pauses  # a line per token, then the text
+
+
+def test_keys_pressed_before_interactive_mode_starts_are_read_not_dropped():
+    import os
+    import select
+    import time
+
+    from openmav.view.keys import KeyReader
+
+    master, slave = os.openpty()
+    try:
+        os.write(master, b" \x1b[Cq")  # typed while the trace or model loaded
+        time.sleep(0.05)
+        with open(slave, closefd=False) as stream, KeyReader(stream) as keys:
+            assert select.select([keys.fd], [], [], 2)[0], "the keys typed before were dropped"
+            assert [keys.read(), keys.read(), keys.read()] == ["space", "right", "q"]
+    finally:
+        os.close(master)
+        os.close(slave)

@@ -61,6 +61,10 @@ def run(args) -> int:
         raise InputError(f"{args.file} names panels this openmav lacks ({exc}); pick some with --selected-panels"
                          ) from None
     processor = StateProcessor(aggregation=args.aggregation, scale="linear" if args.scale == "auto" else args.scale)
+    if mode == "auto":  # as run_view decides it; text lines (not on a terminal) are not paced
+        from rich.console import Console
+
+        mode = "live" if Console().is_terminal else "text"
     delay = 0.0 if mode in ("interactive", "text", "jsonl") and args.delay is None else args.delay
     stream = replay_stream(records, processor, delay)
     title = f"mav replay · {meta.get('model', '?')}"

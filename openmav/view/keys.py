@@ -1,7 +1,8 @@
 """Reading single keys from the terminal for interactive mode (POSIX terminals).
 
 The terminal is put in cbreak mode (keys arrive at once, unechoed; Ctrl-C still
-raises ``KeyboardInterrupt``) and restored on exit.
+raises ``KeyboardInterrupt``) and restored on exit.  Keys pressed before that, while the
+model or trace loaded, are kept and read first.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class KeyReader:
             raise InputError("--interactive needs a terminal on stdin")
         self.fd = self.stream.fileno()
         self._saved = termios.tcgetattr(self.fd)
-        tty.setcbreak(self.fd)
+        tty.setcbreak(self.fd, termios.TCSANOW)  # not TCSAFLUSH: keys typed while the run loaded are kept
         return self
 
     def __exit__(self, *exc) -> None:
