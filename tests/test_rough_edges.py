@@ -161,3 +161,53 @@ def test_keys_pressed_before_interactive_mode_starts_are_read_not_dropped():
     finally:
         os.close(master)
         os.close(slave)
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def _launch(p):
+    return p.chromium.launch(executable_path=CHROMIUM, args=[
+        "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--no-first-run"])
+
+
+def test_maps_page_writes_token_text_as_the_images_do():
+    from test_maps_html import _sidecar
+
+    from openmav.maps.html import page_data
+    from openmav.maps.render import drawable
+
+    sidecar = _sidecar(prompt_length=4, generated=1)
+    sidecar["tokens"][1]["display"] = "a\u200db"  # a format character: escaped whatever the fonts
+    sidecar["tokens"][2]["display"] = "\u732b"
+    sidecar["vocab"]["3"]["display"] = "\x0c"
+    data = page_data(sidecar)
+    assert data["tokens"][1] == "a\\u200db" and data["vocab"]["3"] == "\\x0c"
+    assert data["tokens"][2] == drawable("\u732b")  # \\u732b where no CJK font is installed, as in the images
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not __import__("os").path.exists(CHROMIUM), reason="needs Debian's chromium at /usr/bin/chromium")
+def test_maps_page_shows_the_escaped_code_point_in_chromium(tmp_path):
+    from playwright.sync_api import sync_playwright
+    from test_maps_html import _sidecar
+
+    from openmav.maps.html import write_html
+    from openmav.maps.render import drawable
+
+    sidecar = _sidecar(prompt_length=4, generated=1)
+    sidecar["tokens"][2]["display"] = "\u732b"
+    page_path = str(tmp_path / "maps.html")
+    write_html(page_path, sidecar)
+    with sync_playwright() as p:
+        browser = _launch(p)
+        try:
+            page = browser.new_page(viewport={"width": 700, "height": 300})
+            page.goto("file://" + page_path)
+            head = page.locator("#grid tr").first.locator("th").nth(3)
+            assert head.get_attribute("title") == drawable("\u732b")
+            assert head.text_content() == "2\n" + drawable("\u732b")
+            page.screenshot(path=str(tmp_path / "escaped.png"))
+        finally:
+            browser.close()

@@ -20,7 +20,7 @@ import json
 import os
 from html import escape
 
-from .render import colormap_lut
+from .render import colormap_lut, drawable
 from .write import CMAP
 
 _CSS = """
@@ -133,14 +133,16 @@ def script_json(value) -> str:
 
 
 def page_data(sidecar: dict) -> dict:
-    """The compact data the page needs (attention in thousandths, probabilities to 3 places)."""
+    """The compact data the page needs (attention in thousandths, probabilities to 3 places); token text as the
+    images write it (:func:`~openmav.maps.render.drawable`: a character no font here draws, a control or format
+    character, as its escaped code point), so the page shows no empty box where an image shows ``\\u732b``."""
     how = sidecar["reduce"] if sidecar["reduce"] != "head" else f"head {sidecar['head']}"
     rnd = lambda rows: [[round(x, 3) for x in r] for r in rows]  # noqa: E731
     return {
         "model": sidecar["model"], "P": sidecar["prompt_length"], "L": sidecar["n_layers"],
         "reduce": f"{how} over heads" if how in ("max", "mean") else how,
-        "tokens": [t["display"] for t in sidecar["tokens"]],
-        "vocab": {i: v["display"] for i, v in sidecar["vocab"].items()},
+        "tokens": [drawable(t["display"]) for t in sidecar["tokens"]],
+        "vocab": {i: drawable(v["display"]) for i, v in sidecar["vocab"].items()},
         "lens_ids": sidecar["lens"]["ids"], "lens_probs": [rnd(p) for p in sidecar["lens"]["probs"]],
         "final_ids": sidecar["final"]["ids"], "final_probs": rnd(sidecar["final"]["probs"]),
         "steps": [{"p": s["prob"], "att": [[round(v * 1000) for v in row] for row in s["attention"]],
