@@ -211,3 +211,46 @@ def test_maps_page_shows_the_escaped_code_point_in_chromium(tmp_path):
             page.screenshot(path=str(tmp_path / "escaped.png"))
         finally:
             browser.close()
+
+
+class _Attention:
+    """What interactive_attention reads of an Activations result: the prompt, its tokens, ``[L, H, q, k]``."""
+
+    def __init__(self, prompt: str):
+        import numpy as np
+
+        self.prompt, self.tokens = prompt, prompt.split()
+        n = len(self.tokens)
+        rows = np.tril(np.random.default_rng(0).random((2, 3, n, n)))
+        self.rows = rows / rows.sum(-1, keepdims=True)
+
+    def attention_array(self):
+        return self.rows
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not __import__("os").path.exists(CHROMIUM), reason="needs Debian's chromium at /usr/bin/chromium")
+@pytest.mark.parametrize("prompt", ["The cat sat", "The quick brown fox jumps over the lazy dog near the river bank"])
+def test_compare_page_title_is_not_hidden_by_its_menu(tmp_path, prompt):
+    from playwright.sync_api import sync_playwright
+
+    from openmav.analysis.interactive import interactive_attention
+
+    path = tmp_path / "interactive_attention.html"
+    interactive_attention(_Attention(prompt)).write_html(str(path), include_plotlyjs=True, full_html=True)
+    with sync_playwright() as p:
+        browser = _launch(p)
+        try:
+            page = browser.new_page(viewport={"width": 800, "height": 740})
+            page.goto(f"file://{path}")
+            page.wait_for_selector(".updatemenu-header")
+            title = page.locator(".gtitle").bounding_box()
+            menu = page.locator(".updatemenu-header").bounding_box()
+            plot = page.locator(".nsewdrag").first.bounding_box()
+            page.screenshot(path=str(tmp_path / "title.png"))
+        finally:
+            browser.close()
+    apart = lambda a, b: (a["x"] + a["width"] <= b["x"] or b["x"] + b["width"] <= a["x"]  # noqa: E731
+                          or a["y"] + a["height"] <= b["y"] or b["y"] + b["height"] <= a["y"])
+    assert apart(title, menu), (title, menu)
+    assert menu["y"] + menu["height"] <= plot["y"]  # nor does the menu cover the map

@@ -55,9 +55,12 @@ def interactive_attention(activations, layers=None) -> OfflineFigure:
         visible = [j == i for j in range(len(names))]
         buttons.append(dict(label=f"layer {layer}, head {head}", method="update",
                             args=[{"visible": visible}, {"title.text": f"{prompt}: layer {layer}, head {head}"}]))
+    # the title on the top line, the menu on a line of its own between it and the plot: a long prompt's
+    # title runs under no menu
     fig.update_layout(
-        title=dict(text=f"{prompt}: layer {names[0][0]}, head {names[0][1]}"),
-        updatemenus=[dict(buttons=buttons, direction="down", x=1.0, xanchor="right", y=1.15)],
+        title=dict(text=f"{prompt}: layer {names[0][0]}, head {names[0][1]}", x=0.02, xanchor="left",
+                   xref="container", y=0.98, yanchor="top", yref="container"),
+        updatemenus=[dict(buttons=buttons, direction="down", x=0.0, xanchor="left", y=1.02, yanchor="bottom")],
         xaxis=dict(title="key (attended to)", tickangle=-60), yaxis=dict(title="query", autorange="reversed"),
-        width=760, height=700)
+        margin=dict(t=100), width=760, height=700)
     return fig
