@@ -254,3 +254,21 @@ def test_compare_page_title_is_not_hidden_by_its_menu(tmp_path, prompt):
                           or a["y"] + a["height"] <= b["y"] or b["y"] + b["height"] <= a["y"])
     assert apart(title, menu), (title, menu)
     assert menu["y"] + menu["height"] <= plot["y"]  # nor does the menu cover the map
+
+
+def test_the_web_page_names_a_favicon_that_answers():
+    import re
+    import xml.etree.ElementTree as ET
+
+    from fastapi.testclient import TestClient
+
+    from openmav.testing import tiny_model
+    from openmav.web.app import create_app
+
+    client = TestClient(create_app(tiny_model("llama", n_layers=1, n_heads=2), max_prompt_tokens=16))
+    page = client.get("/").text
+    links = re.findall(r'<link rel="icon" href="([^"]+)" type="image/svg\+xml">', page)
+    assert len(links) == 1, "the page names no icon, so a browser asks for /favicon.ico (404)"
+    icon = client.get(links[0])
+    assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg+xml")
+    assert ET.fromstring(icon.content).tag == "{http://www.w3.org/2000/svg}svg"
