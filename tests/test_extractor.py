@@ -44,6 +44,63 @@ def test_extract_matches_direct_forward(tiny, family):
     assert res["attention_weights"] is res.attention  # the original project's key
 
 
+# the final norm of each family, as a path in the causal-LM object (written here, not asked of the engine)
+FINAL_NORMS = {"llama": "model.norm", "gpt2": "transformer.ln_f", "gemma3": "model.norm",
+               "gpt_neox": "gpt_neox.final_layer_norm"}
+
+
+def _norm_input(lm, prompt, norm_path):
+    """What the final norm receives in a direct forward, read by a pre-hook on it, and the norm module."""
+    norm = lm.model.get_submodule(norm_path)
+    seen = []
+    handle = norm.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()))
+    try:
+        _direct(lm, prompt)
+    finally:
+        handle.remove()
+    return seen[-1], norm
+
+
+@pytest.mark.parametrize("family", list(FINAL_NORMS))
+def test_final_hidden_state_is_what_the_final_norm_receives(tiny, family):
+    lm = tiny(family)
+    ex = AttentionExtractor(model=lm)
+    want, norm = _norm_input(lm, PROMPTS[2], FINAL_NORMS[family])
+    res = ex.extract_activations(PROMPTS[2])
+    np.testing.assert_allclose(res.final_hidden_state, want.numpy(), atol=1e-6)
+    np.testing.assert_allclose(res.final_hidden_state, res.hidden_states[-1], atol=1e-6)  # nothing in between
+    with torch.no_grad():
+        np.testing.assert_allclose(res.final_norm, norm(want).numpy(), atol=1e-5)
+    assert "final_hidden_state" in res.keys() and res["final_hidden_state"] is res.final_hidden_state
+    batched = ex.compare_prompts(PROMPTS, batch_size=3, padding_side="left", hidden_states=True)
+    np.testing.assert_allclose(batched[2].final_hidden_state, res.final_hidden_state, atol=1e-5)
+    assert ex.compare_prompts(PROMPTS[:2])[0].final_hidden_state is None  # hidden states not asked for
+
+
+def test_final_hidden_state_when_the_stream_changes_before_the_norm(tiny):
+    """A model that scales the stream between its last block and its final norm: the field is the norm's input."""
+    lm = tiny("llama", n_layers=3)
+    norm = lm.model.model.norm
+    handle = norm.register_forward_pre_hook(lambda m, args: (args[0] * 3.0,))
+    try:
+        res = AttentionExtractor(model=lm).extract_activations(PROMPTS[0])
+        want, _ = _norm_input(lm, PROMPTS[0], "model.norm")  # registered after the scaling hook: sees its output
+    finally:
+        handle.remove()
+    np.testing.assert_allclose(res.final_hidden_state, want.numpy(), atol=1e-6)
+    np.testing.assert_allclose(res.final_hidden_state, 3.0 * res.hidden_states[-1], rtol=1e-6, atol=1e-6)
+
+
+def test_final_hidden_state_of_an_encoder_without_a_final_norm(minilm):
+    res = minilm.extract_activations(PROMPTS[0])
+    ids = minilm.tokenizer(PROMPTS[0], return_tensors="pt").input_ids
+    with torch.no_grad():
+        out = minilm.model(input_ids=ids, output_hidden_states=True)
+    assert minilm.final_norm_module() is None and res.final_norm is None
+    assert res.final_hidden_state is res.hidden_states[-1]
+    np.testing.assert_allclose(res.final_hidden_state, out.hidden_states[-1].numpy(), atol=1e-5)
+
+
 @pytest.mark.parametrize("family,side", [("llama", "right"), ("llama", "left"), ("gpt2", "left"), ("gemma3", "right")])
 def test_batched_equals_unbatched(tiny, family, side):
     ex = AttentionExtractor(model=tiny(family))
@@ -133,13 +190,13 @@ def test_smollm2_batched(smollm2):
             np.testing.assert_allclose(a, b, atol=1e-4)
 
 
-def test_attention_stats_is_a_mapping_of_metrics(tiny):
+def test_head_stats_is_a_mapping_of_metrics(tiny):
     from collections.abc import Mapping
 
     from openmav.analysis.stats import METRICS
 
     ex = AttentionExtractor(model=tiny("llama", n_layers=3))
-    stats = ex.get_attention_stats(PROMPTS[0], threshold=0.05)
+    stats = ex.get_head_stats(PROMPTS[0], threshold=0.05)
     assert isinstance(stats, Mapping)
     assert list(stats) == list(stats.keys()) == list(METRICS) and len(stats) == len(METRICS)
     plain = dict(stats)
@@ -192,6 +249,28 @@ class _Elements(HTMLParser):
 
 
 TABLE_TAGS = {"table", "caption", "thead", "tbody", "tr", "th", "td"}
+
+
+def test_attention_stats_is_a_mapping_of_layers(tiny):
+    """The Show Me Your Attention form: {layer: {metric: float}}, the same numbers as the head statistics."""
+    from collections.abc import Mapping
+
+    from openmav.analysis.stats import LAYER_METRICS, METRICS
+
+    ex = AttentionExtractor(model=tiny("llama", n_layers=3))
+    stats = ex.get_attention_stats(PROMPTS[0], threshold=0.05)
+    heads = ex.get_head_stats(PROMPTS[0], threshold=0.05)
+    assert isinstance(stats, Mapping) and list(stats) == list(stats.keys()) == [0, 1, 2]
+    for layer, metrics in stats.items():
+        assert list(metrics) == list(LAYER_METRICS)
+        for metric in METRICS:
+            assert metrics[metric] == pytest.approx(float(heads[metric][layer].mean()), rel=1e-6)
+        att = ex.extract_activations(PROMPTS[0]).attention[layer][0]  # [h, s, s]
+        seen = np.concatenate([att[:, i, :i + 1].ravel() for i in range(1, att.shape[-1])])
+        assert metrics["mean"] == pytest.approx(float(seen.mean()), rel=1e-6)
+        assert metrics["std"] == pytest.approx(float(seen.std()), rel=1e-5)
+    assert stats == ex.extract_activations(PROMPTS[0]).layer_stats(0.05)
+    assert stats.heads == heads and list(stats.heads.per_layer()) == [0, 1, 2]
 
 
 def test_html_escapes_prompt_and_token_text(tiny):

@@ -56,12 +56,15 @@ def test_all_heads_share_one_scale(setup):
 
 def test_layer_statistics_numeric_order(setup):
     ex, res, viz = setup
-    stats = ex.get_attention_stats(PROMPTS[0])
-    fig = viz.plot_layer_statistics(stats)
-    for ax, metric in zip(fig.axes, ("entropy", "max_weight", "sparsity", "distance", "sink")):
-        line = ax.lines[0]
-        assert list(line.get_xdata()) == list(range(12))  # 0, 1, 2, ..., 11 (never "10" before "2")
-        np.testing.assert_allclose(line.get_ydata(), stats[metric].mean(1), rtol=1e-6)
+    stats = ex.get_attention_stats(PROMPTS[0])  # {layer: {metric: mean over heads}}
+    heads = ex.get_head_stats(PROMPTS[0])       # {metric: [layers, heads]}
+    for drawn in (stats, heads):
+        fig = viz.plot_layer_statistics(drawn)
+        for ax, metric in zip(fig.axes, ("entropy", "max_weight", "sparsity", "distance", "sink")):
+            line = ax.lines[0]
+            assert list(line.get_xdata()) == list(range(12))  # 0, 1, 2, ..., 11 (never "10" before "2")
+            np.testing.assert_allclose(line.get_ydata(), heads[metric].mean(1), rtol=1e-6)
+            np.testing.assert_allclose(line.get_ydata(), [stats[layer][metric] for layer in stats], rtol=1e-6)
 
 
 def test_neuron_plots(setup):
@@ -128,7 +131,7 @@ def test_text_reprs_are_a_few_lines(setup):
     scores = compute_head_scores(ex, seq_len=6, batch=1)
     comparison = compare.compare_prompts(ex, PROMPTS)
     stats = ex.get_attention_stats(PROMPTS[0])
-    for obj in (scores, comparison, stats, stats._stats, res):
+    for obj in (scores, comparison, stats, stats.heads, stats.heads._stats, res):
         text = repr(obj)
         assert len(text.splitlines()) <= 8 and len(text) < 800, text
         assert "[[" not in text and "array(" not in text  # never array contents
@@ -154,3 +157,48 @@ def test_out_of_range_names_the_valid_range(setup):
     comparison = compare.compare_prompts(ex, PROMPTS[:2])
     with pytest.raises(IndexError, match=r"0\.\.11"):
         viz.plot_activation_comparison(comparison, layer_idx=12)
+
+
+def test_seed_imports_are_the_project_classes():
+    """openmav.model_loader / openmav.visualizer: the seed's src.* names over the analysis API's classes."""
+    import openmav.model_loader as model_loader
+    import openmav.visualizer as visualizer
+    from openmav.analysis.extractor import AttentionExtractor as Real
+
+    assert visualizer.AttentionVisualizer is AttentionVisualizer
+    assert issubclass(model_loader.AttentionExtractor, Real)
+    # only compare_prompts is adapted; everything else is the real class's own
+    own = {name for name, value in vars(model_loader.AttentionExtractor).items() if callable(value)}
+    assert own == {"compare_prompts"}
+
+
+def test_seed_compare_then_plot(tmp_path):
+    """The seed's two methods side by side: viz.plot_activation_comparison(extractor.compare_prompts([...]))."""
+    from openmav.model_loader import AttentionExtractor as SeedExtractor
+    from openmav.testing import tiny_model
+    from openmav.visualizer import AttentionVisualizer as SeedVisualizer
+
+    lm = tiny_model("llama", n_layers=4)
+    extractor, viz = SeedExtractor(model=lm), SeedVisualizer()
+    results = extractor.compare_prompts(PROMPTS)
+    fig = viz.plot_activation_comparison(results, save_path=tmp_path / "neuron_comparison.png")
+    assert (tmp_path / "neuron_comparison.png").stat().st_size > 5000
+    idx = fig.neuron_indices
+    m = min(len(r.tokens) for r in results)
+    plain = AttentionExtractor(model=lm)
+    assert len(fig.axes[0].lines) == 3
+    for line, (prompt, data) in zip(fig.axes[0].lines, results.items()):
+        want = plain.get_neuron_activations(prompt, -1).mlp[1:m, idx].mean(0)  # positions 1..m-1 of the last layer
+        np.testing.assert_allclose(line.get_ydata(), want, rtol=1e-4, atol=1e-6)
+        assert data["tokens"] == plain.extract_activations(prompt).tokens and len(data["attention_weights"]) == 4
+    spread = results.neuron_values[:, -1].max(0) - results.neuron_values[:, -1].min(0)
+    assert spread[idx[0]] == spread.max()  # the neuron that differs most comes first
+    # the seed's compare_prompts takes what the analysis API's does: one prompt, a one-token prompt
+    for prompts in (["The cat sat on the mat"], ["hello", "The cat sat on the mat"]):
+        single = extractor.compare_prompts(prompts)
+        assert [p for p, _ in single.items()] == prompts and not isinstance(single, compare.PromptComparison)
+        with pytest.raises(InputError, match="compare_prompts") as info:
+            viz.plot_activation_comparison(single)
+        assert len(str(info.value).splitlines()) == 1
+    with pytest.raises(InputError, match="prompt 1 is empty"):
+        extractor.compare_prompts(["The cat sat", "  "])

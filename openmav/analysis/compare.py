@@ -25,7 +25,8 @@ aligned positions, a causal model's values on a prompt and on that prompt with t
 are equal: the positions compared read the same tokens.
 
 Build the comparison with :func:`compare_prompts` (it keeps the per-position neuron means
-it needs).  A plain :class:`~openmav.analysis.results.Comparison` from
+it needs; ``compare_prompts`` of :class:`openmav.model_loader.AttentionExtractor`, the
+seed's method, builds it this way).  A plain :class:`~openmav.analysis.results.Comparison` from
 ``AttentionExtractor.compare_prompts`` holds only each prompt's mean over *all* positions
 (``mlp_mean``, the first included), so neuron differences refuse it; head differences
 work on either, with the default positions.
@@ -143,11 +144,13 @@ class PromptComparison(Comparison):
 
 
 def compare_prompts(extractor, prompts: list[str], positions: str = "aligned", skip_first: bool = True,
-                    batch_size: int = 16, padding_side: str = "right", neurons: bool = True) -> PromptComparison:
+                    batch_size: int = 16, padding_side: str = "right", neurons: bool = True,
+                    hidden_states: bool = False) -> PromptComparison:
     """Run ``prompts`` (padded batches, as ``extractor.compare_prompts``) and keep the values to rank.
 
     Each result equals that prompt run alone; ``neuron_values`` holds the means over the positions
-    the module docstring defines (per-position activations are dropped after each batch).
+    the module docstring defines (per-position activations are dropped after each batch).  With
+    ``hidden_states`` each result keeps its hidden states, as ``extractor.compare_prompts`` does.
     """
     if isinstance(prompts, str) or len(prompts) < 2:
         got = "one string" if isinstance(prompts, str) else f"{len(prompts)}"
@@ -161,7 +164,7 @@ def compare_prompts(extractor, prompts: list[str], positions: str = "aligned", s
     results, values = [], []
     for start in range(0, len(prompts), batch_size):
         chunk = extractor._run(prompts[start:start + batch_size], batch_size, padding_side,
-                               hidden_states=False, logits=False, neuron_layers=layers)
+                               hidden_states=hidden_states, logits=False, neuron_layers=layers)
         for r, span in zip(chunk, spans[start:start + batch_size]):
             if layers:
                 values.append(np.stack([r.neurons[layer][span.start:span.stop].mean(0) for layer in layers]))

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .stats import AttentionStats, head_statistics
+from .stats import LAYER_METRICS, METRICS, AttentionStats, NotAKey, head_statistics, weight_moments
 
 # names the original Show Me Your Attention code used for the same fields
 _ALIASES = {"attention_weights": "attention", "attentions": "attention", "input_ids": "token_ids"}
@@ -105,6 +105,79 @@ class AttentionStatsMapping(Mapping):
         return self._stats._repr_html_()
 
 
+class LayerStatsMapping(Mapping):
+    """One prompt's attention statistics per layer: a mapping ``{layer: {metric: float}}``.
+
+    What :meth:`AttentionExtractor.get_attention_stats` returns, in the form Show Me Your
+    Attention's scripts read it (``for layer, metrics in stats.items(): metrics["mean"]``).  Keys
+    are the integer layers in numeric order; each value is a new dict with, in this order
+    (:data:`~openmav.analysis.stats.LAYER_METRICS`):
+
+    - ``mean``, ``std``: of the layer's attention weights, pooled over heads, the rows counted and
+      the keys each row sees (:func:`~openmav.analysis.stats.weight_moments`; the mean is fixed by
+      the prompt's length, ``2 / (n + 2)`` for an ``n``-token causal prompt: the others say how the
+      layer attends);
+    - ``entropy``, ``max_weight``, ``sparsity``, ``distance``, ``sink``: the mean over the layer's
+      heads of each per-head statistic (:mod:`openmav.analysis.stats`).
+
+    The per-head values are ``heads``: the mapping ``{metric: [n_layers, n_heads]}``
+    (:class:`AttentionStatsMapping`, also :meth:`AttentionExtractor.get_head_stats`).  A key that is
+    not a layer raises :class:`~openmav.analysis.stats.NotAKey` (a ``KeyError`` and an ``InputError``)
+    naming the layers.  ``prompt``, ``threshold``, ``layers`` and ``model`` describe the run.
+    """
+
+    def __init__(self, heads: AttentionStatsMapping, moments: dict[str, np.ndarray]):
+        self.heads = heads
+        self._rows: dict[int, dict[str, float]] = {}
+        for i, layer in enumerate(heads.layers):
+            row = {m: float(moments[m][i]) for m in ("mean", "std")}
+            row.update({m: float(heads[m][i].mean()) for m in METRICS})
+            self._rows[layer] = row
+
+    prompt = property(lambda self: self.heads.prompt)
+    threshold = property(lambda self: self.heads.threshold)
+    layers = property(lambda self: self.heads.layers)
+    model = property(lambda self: self.heads.model)
+    metrics = LAYER_METRICS
+
+    def __getitem__(self, layer) -> dict[str, float]:
+        ok = isinstance(layer, (int, np.integer)) and not isinstance(layer, bool)
+        if ok and int(layer) in self._rows:
+            return dict(self._rows[int(layer)])
+        n = len(self._rows)
+        if isinstance(layer, str) and layer in LAYER_METRICS:
+            raise NotAKey(f"{layer!r} is a statistic, not a layer: the keys are the layers 0..{n - 1} "
+                          f"(stats[layer][{layer!r}]); per head: stats.heads[metric] [layers, heads]")
+        raise NotAKey(f"{layer!r} is not a layer: the keys are the layers 0..{n - 1}")
+
+    def __iter__(self):
+        return iter(self._rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def to_rows(self) -> list[dict]:
+        """One dict per layer: ``layer`` and every statistic."""
+        return [{"layer": layer, **row} for layer, row in self._rows.items()]
+
+    def to_dict(self) -> dict:
+        """Plain lists: ``prompt``, ``threshold``, ``layers`` and each statistic ``[n_layers]``."""
+        return {"prompt": self.prompt, "threshold": self.threshold, "layers": list(self.layers),
+                **{m: [row[m] for row in self._rows.values()] for m in LAYER_METRICS}}
+
+    def __repr__(self) -> str:
+        return (f"LayerStatsMapping{_model(self.model)}\n"
+                f"  prompt: {_short(self.prompt)}\n"
+                f"  layers 0..{len(self) - 1}, each {{{', '.join(LAYER_METRICS)}}}\n"
+                f"  per head: .heads, each metric {_shape(self.heads[METRICS[0]])} (layers x heads)")
+
+    def _repr_html_(self) -> str:
+        from .notebook import table_html
+
+        rows = [[layer, *(row[m] for m in LAYER_METRICS)] for layer, row in self._rows.items()]
+        return table_html(["layer", *LAYER_METRICS], rows, f"attention statistics per layer: {self.prompt!r}")
+
+
 @dataclass
 class Activations:
     """One prompt's forward pass.
@@ -113,6 +186,10 @@ class Activations:
     - ``hidden_states``: ``[1, seq, d]`` per layer boundary, L+1 arrays, or empty when not asked
       for: ``hidden_states[0]`` is the embedding output as the model feeds it to block 0,
       ``hidden_states[l + 1]`` the residual stream after block ``l`` (that block's output)
+    - ``final_hidden_state``: ``[1, seq, d]`` the final hidden state *before* the final norm: the
+      input of that norm as the model hands it over, or, for a model without one, the last block's
+      output (then the same array as ``hidden_states[-1]``); ``None`` when hidden states were not
+      asked for
     - ``final_norm``: ``[1, seq, d]`` the output of the norm the model applies after its last
       block, which its unembedding reads; ``None`` when hidden states were not asked for or the
       model has no such norm (post-LayerNorm models such as BERT, DistilBERT, ALBERT, OPT-350m)
@@ -126,8 +203,9 @@ class Activations:
     - ``model``: the model's name
 
     The residual convention, the same for every layer (the last included), causal LMs and
-    encoders: ``hidden_states`` and ``residual`` are the stream *before* any final norm, and the
-    final norm's output is only in ``final_norm``.  So ``hidden_states[-1]`` is not transformers'
+    encoders: ``hidden_states`` and ``residual`` are the stream *before* any final norm, the final
+    norm's input is ``final_hidden_state`` (equal to ``hidden_states[-1]`` unless the model changes
+    the stream between its last block and that norm) and its output is only in ``final_norm``.  So ``hidden_states[-1]`` is not transformers'
     ``output_hidden_states[-1]``, which has the final norm applied for most models (Llama, GPT-2,
     Gemma, ModernBERT): that one is ``final_norm``.  A causal LM's ``logits`` are its unembedding
     of ``final_norm`` (times any logit scale, soft-capped where the model does so).  In
@@ -148,12 +226,14 @@ class Activations:
     causal: bool = True
     model: str = ""
     final_norm: np.ndarray | None = None
+    final_hidden_state: np.ndarray | None = None
 
     def __getitem__(self, key: str):
         return getattr(self, _ALIASES.get(key, key))
 
     def keys(self):
-        return ["prompt", "tokens", "token_ids", "attention", "hidden_states", "final_norm", "logits", "last_logits"]
+        return ["prompt", "tokens", "token_ids", "attention", "hidden_states", "final_hidden_state", "final_norm",
+                "logits", "last_logits"]
 
     @property
     def n_layers(self) -> int:
@@ -171,6 +251,13 @@ class Activations:
         return AttentionStatsMapping(self.prompt, {k: v.numpy() for k, v in values.items()}, threshold,
                                      model=self.model)
 
+    def layer_stats(self, threshold: float = 0.01) -> LayerStatsMapping:
+        """Per layer statistics ``{layer: {metric: float}}`` (see :class:`LayerStatsMapping`)."""
+        import torch
+
+        moments = weight_moments(torch.from_numpy(self.attention_array()), self.causal)
+        return LayerStatsMapping(self.stats(threshold), {k: v.numpy() for k, v in moments.items()})
+
     def __repr__(self) -> str:
         kind = "causal LM" if self.causal else "encoder"
         lines = [f"Activations{_model(self.model)} ({kind})",
@@ -178,7 +265,8 @@ class Activations:
                  f"  attention: {self.n_layers} layers x {_shape(self.attention[0]) if self.attention else 'none'}"]
         if self.hidden_states:
             lines.append(f"  hidden_states: {len(self.hidden_states)} x {_shape(self.hidden_states[0])} "
-                         f"(before any final norm); final_norm: {_shape(self.final_norm)}")
+                         f"(before any final norm); final_hidden_state: {_shape(self.final_hidden_state)}; "
+                         f"final_norm: {_shape(self.final_norm)}")
         lines.append(f"  logits: {_shape(self.logits)}")
         if self.neurons:
             lines.append(f"  neurons: layers {sorted(self.neurons)}, each {_shape(next(iter(self.neurons.values())))}")
@@ -191,6 +279,7 @@ class Activations:
                   ["heads", self.attention[0].shape[1] if self.attention else 0]]
         if self.hidden_states:
             shapes += [["hidden_states", f"{len(self.hidden_states)} x {_shape(self.hidden_states[0])}"],
+                       ["final_hidden_state", _shape(self.final_hidden_state)],
                        ["final_norm", "absent" if self.final_norm is None else str(self.final_norm.shape)]]
         shapes.append(["logits", "absent" if self.logits is None else str(self.logits.shape)])
         tokens = html.escape(" ".join(self.tokens), quote=True)

@@ -22,6 +22,12 @@ reads (SmolLM2 L18H8, all its weight on the first token: 3.0 tokens on "The cat 
 9.0 on that sentence three times; without it, 0.0 on both).  Renormalising the remaining weight
 instead would blow up the rounding noise of such a head (its last 1e-4 of weight).
 
+Per layer, :func:`weight_moments` adds the ``mean`` and ``std`` of the attention weights
+themselves (the numbers Show Me Your Attention's scripts print), pooled over the layer's heads,
+the rows ``R`` and the keys each row sees.  A row's weights sum to 1, so that ``mean`` is fixed by
+the prompt's length and says nothing about the model (``2 / (n + 2)`` for an ``n``-token causal
+prompt, ``1 / n`` for an encoder); ``std`` and the statistics above do.
+
 Layers are indexed by integers and kept in numeric order.
 
 The error classes of the analysis API are here too: each is an
@@ -40,6 +46,8 @@ from ..errors import InputError
 from ..metrics import entropy
 
 METRICS = ("entropy", "max_weight", "sparsity", "distance", "sink")
+# what AttentionExtractor.get_attention_stats gives per layer: the weights' moments, then METRICS' means over heads
+LAYER_METRICS = ("mean", "std") + METRICS
 
 
 class AnalysisValueError(InputError, ValueError):
@@ -52,6 +60,22 @@ class IndexOutOfRange(AnalysisValueError, IndexError):
 
 class NotApplicableError(InputError, TypeError):
     """The method does not apply to this kind of model or object (e.g. head scores of an encoder)."""
+
+
+class NotAKey(InputError, KeyError):
+    """A key a statistics mapping does not have (also a KeyError, so ``get`` and ``in`` work)."""
+
+    def __str__(self) -> str:  # KeyError would show the sentence in quotes
+        return str(self.args[0]) if self.args else ""
+
+
+def check_threshold(threshold) -> float:
+    """The sparsity threshold as a float in ``[0, 1]``; :class:`AnalysisValueError` otherwise."""
+    ok = isinstance(threshold, (int, float, np.integer, np.floating)) and not isinstance(threshold, bool)
+    if not ok or not 0.0 <= float(threshold) <= 1.0:  # NaN fails the comparison too
+        raise AnalysisValueError(f"threshold must be a number from 0 to 1 (a share of attention weight), "
+                                 f"got {threshold!r}")
+    return float(threshold)
 
 
 def check_index(index, size: int, what: str, of: str = "") -> int:
@@ -67,15 +91,8 @@ def check_index(index, size: int, what: str, of: str = "") -> int:
     return int(index) % size
 
 
-def head_statistics(attention: torch.Tensor, causal: bool, threshold: float = 0.01,
-                    rows: range | None = None) -> dict[str, torch.Tensor]:
-    """Statistics ``{metric: [..., h]}`` for probabilities ``[..., h, q, k]`` of one unpadded prompt.
-
-    ``rows``: the query rows averaged over (default: all for an encoder, ``1..q-1`` causal);
-    a causal model's row 0 is never counted, whatever ``rows`` says.
-    """
-    a = attention.float()
-    q, k = a.shape[-2], a.shape[-1]
+def _rows_and_keys(q: int, k: int, causal: bool, rows: range | None) -> tuple[list[int], torch.Tensor]:
+    """The query rows ``R`` counted and the mask ``[q, k]`` of the keys each row sees (module docstring)."""
     qi = torch.arange(q).unsqueeze(1)
     kj = torch.arange(k).unsqueeze(0)
     visible = (kj <= qi + (k - q)) if causal else torch.ones(q, k, dtype=torch.bool)
@@ -85,6 +102,22 @@ def head_statistics(attention: torch.Tensor, causal: bool, threshold: float = 0.
     if not picked:
         raise AnalysisValueError(f"no query rows to average over: rows {rows.start}..{rows.stop - 1} "
                                  f"of a {q}-token prompt")
+    return picked, visible
+
+
+def head_statistics(attention: torch.Tensor, causal: bool, threshold: float = 0.01,
+                    rows: range | None = None) -> dict[str, torch.Tensor]:
+    """Statistics ``{metric: [..., h]}`` for probabilities ``[..., h, q, k]`` of one unpadded prompt.
+
+    ``rows``: the query rows averaged over (default: all for an encoder, ``1..q-1`` causal);
+    a causal model's row 0 is never counted, whatever ``rows`` says.
+    """
+    threshold = check_threshold(threshold)
+    a = attention.float()
+    q, k = a.shape[-2], a.shape[-1]
+    qi = torch.arange(q).unsqueeze(1)
+    kj = torch.arange(k).unsqueeze(0)
+    picked, visible = _rows_and_keys(q, k, causal, rows)
     below = ((a < threshold) & visible).sum(-1).float() / visible.sum(-1).float()
     distance = (a[..., 1:] * (qi + (k - q) - kj[:, 1:]).abs().float()).sum(-1)
     per_row = {
@@ -93,6 +126,34 @@ def head_statistics(attention: torch.Tensor, causal: bool, threshold: float = 0.
     }
     index = torch.tensor(picked)
     return {name: value.index_select(-1, index).mean(-1) for name, value in per_row.items()}
+
+
+def weight_moments(attention: torch.Tensor, causal: bool, rows: range | None = None) -> dict[str, torch.Tensor]:
+    """``{"mean": [...], "std": [...]}`` of the weights of probabilities ``[..., h, q, k]`` (one unpadded prompt).
+
+    Pooled over the ``h`` heads, the rows ``i in R`` (as :func:`head_statistics` counts them) and
+    the keys ``j in V_i`` each row sees, ``N = h * sum_{i in R} |V_i|`` weights in all::
+
+        mean = (1/N) sum_{head, i in R, j in V_i} A[head, i, j]
+        std  = sqrt((1/N) sum_{head, i in R, j in V_i} (A[head, i, j] - mean)^2)      (population, ddof 0)
+
+    The masked (future) keys of a causal model are not weights and are left out.  Since each row
+    sums to 1, ``mean = |R| / sum_{i in R} |V_i|`` whatever the model does (see the module docstring).
+    """
+    q, k = attention.shape[-2], attention.shape[-1]
+    picked, visible = _rows_and_keys(q, k, causal, rows)
+    index = torch.tensor(picked)
+    mask = visible.index_select(0, index).double()       # [|R|, k]
+    lead = attention.shape[:-3]
+    flat = attention.reshape(-1, *attention.shape[-3:])  # [B, h, q, k]
+    mean, std = torch.empty(flat.shape[0], dtype=torch.float64), torch.empty(flat.shape[0], dtype=torch.float64)
+    for b in range(flat.shape[0]):  # one layer at a time in float64: exact sums, memory of one layer
+        a = flat[b].index_select(-2, index).double()     # [h, |R|, k]
+        n = mask.sum() * a.shape[0]
+        mean[b] = (a * mask).sum() / n
+        centred = (a - mean[b]) * mask
+        std[b] = ((centred * centred).sum() / n).sqrt()
+    return {"mean": mean.reshape(lead).float(), "std": std.reshape(lead).float()}
 
 
 @dataclass

@@ -166,15 +166,17 @@ class AttentionVisualizer:
         """Per prompt, the mean MLP activation of the ``top_k`` neurons of ``layer_idx`` that differ most.
 
         ``comparison`` is a :class:`~openmav.analysis.compare.PromptComparison`
-        (:func:`openmav.analysis.compare.compare_prompts`): the means are over the positions it
+        (:func:`openmav.analysis.compare.compare_prompts`, or ``compare_prompts`` of
+        :class:`openmav.model_loader.AttentionExtractor`): the means are over the positions it
         compares (by default those every prompt has, the first left out), as in its differences table.
         """
         from .compare import PromptComparison
 
         if not isinstance(comparison, PromptComparison):
             raise AnalysisValueError(
-                "plot_activation_comparison needs openmav.analysis.compare.compare_prompts(extractor, prompts): a "
-                "plain Comparison holds only means over all positions, the first (attention-sink) position included")
+                "plot_activation_comparison needs openmav.analysis.compare.compare_prompts(extractor, prompts) (what "
+                "openmav.model_loader's compare_prompts returns for 2 or more prompts of 2 or more tokens): a plain "
+                "Comparison holds only means over all positions, the first (attention-sink) position included")
         if comparison.neuron_values is None:
             raise AnalysisValueError("this comparison has no MLP neuron values (a model without per-neuron MLPs)")
         _check_top_k(top_k)
@@ -204,14 +206,15 @@ class AttentionVisualizer:
     def plot_layer_statistics(self, stats, save_path=None, metrics=METRICS, note: str = "") -> Figure:
         """Each statistic against the layer number (numeric axis), mean over heads.
 
-        ``stats``: one prompt's statistics (a mapping ``{metric: [layers, heads]}`` with ``prompt``
-        and ``layers``; drawn with its min-max band over heads), or a list of them, or a
-        :class:`~openmav.analysis.compare.PromptComparison` (one line per prompt, in one colour each).
+        ``stats``: one prompt's statistics (what ``get_attention_stats`` returns, per layer, or
+        ``get_head_stats``, a mapping ``{metric: [layers, heads]}``; drawn with the min-max band over
+        heads), or a list of them, or a :class:`~openmav.analysis.compare.PromptComparison` (one line
+        per prompt, in one colour each).
         """
         if hasattr(stats, "head_stats"):
             stats = stats.head_stats()
         many = isinstance(stats, (list, tuple))
-        series = list(stats) if many else [stats]
+        series = [getattr(st, "heads", st) for st in (stats if many else [stats])]  # per layer -> per head
         if not series:
             raise AnalysisValueError("no statistics to plot: give at least one prompt's statistics")
         unknown = [m for m in metrics if m not in METRICS]
