@@ -535,8 +535,11 @@ def check_save_path(flag: str, path, suffixes=None) -> None:
     suffix = target.suffix.lower()
     if suffixes is not None and suffix and suffix not in suffixes:
         raise InputError(f"{flag} {text}: unknown format {suffix!r}; use one of {', '.join(sorted(suffixes))}")
+    parent = target.parent
     try:
-        check_output_dir(target.parent if str(target.parent) else ".", flag)
+        if parent.exists() and not parent.is_dir():
+            raise InputError(f"cannot write {flag} {text}: {parent} is a file, not a folder")
+        check_output_dir(parent, flag)
     except OSError as exc:  # a name the system refuses outright, e.g. too long
         raise InputError(f"cannot write {flag} {text}: {exc.strerror or exc}") from None
 

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 from transformers import TrainerCallback
 
+from .rules import MAX_NEW_TOKENS, Number, check_text
+
 DEFAULT_PANELS = ["generated_text", "top_predictions", "mlp_activations", "attention_entropy"]
+EVERY = Number(int, 0, None, why="0 turns the view off")
 
 
 def show_model(model, tokenizer, prompt: str, step: int | None = None, max_new_tokens: int = 8,
@@ -38,6 +41,8 @@ def show_model(model, tokenizer, prompt: str, step: int | None = None, max_new_t
 def visualize_every(model, tokenizer, step: int, every: int = 50, prompt: str = "The", **kwargs):
     """For a plain PyTorch loop: show the view when ``step`` is a multiple of ``every`` (returns the result
     or ``None``)."""
+    EVERY.check("every", every)
+    Number(int, 0, None).check("step", step)
     if every <= 0 or step % every:
         return None
     return show_model(model, tokenizer, prompt, step=step, **kwargs)
@@ -52,6 +57,9 @@ class MAVCallback(TrainerCallback):
 
     def __init__(self, tokenizer, prompt: str = "The", every_n_steps: int = 50, max_new_tokens: int = 8,
                  selected_panels=None, console=None, format: str = "snapshot", **mav_kwargs):
+        EVERY.check("every_n_steps", every_n_steps)
+        check_text("prompt", prompt, allow_empty=False)
+        MAX_NEW_TOKENS.check("max_new_tokens", max_new_tokens)
         self.tokenizer = tokenizer
         self.prompt = prompt
         self.every = int(every_n_steps)

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .checks import check_batch, check_prompts
 from .results import AttentionStatsMapping, Comparison
 from .stats import METRICS, AnalysisValueError, head_statistics
 
@@ -152,6 +153,8 @@ def compare_prompts(extractor, prompts: list[str], positions: str = "aligned", s
     the module docstring defines (per-position activations are dropped after each batch).  With
     ``hidden_states`` each result keeps its hidden states, as ``extractor.compare_prompts`` does.
     """
+    check_prompts(prompts)
+    check_batch(batch_size, padding_side, skip_first=skip_first, neurons=neurons, hidden_states=hidden_states)
     if isinstance(prompts, str) or len(prompts) < 2:
         got = "one string" if isinstance(prompts, str) else f"{len(prompts)}"
         raise AnalysisValueError(f"a comparison needs a list of at least 2 prompts, got {got}")

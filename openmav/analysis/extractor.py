@@ -90,7 +90,10 @@ class AttentionExtractor:
         """``layer_idx`` as a non-negative index (``-1`` is the last layer); InputError out of range."""
         n = self.n_layers
         if isinstance(layer_idx, bool) or not isinstance(layer_idx, (int, np.integer)) or not -n <= layer_idx < n:
-            raise InputError(f"layer index {layer_idx} is out of range: {self.model_name} has {n} layers, "
+            whole = isinstance(layer_idx, (int, np.integer)) and not isinstance(layer_idx, bool)
+            what = f"{int(layer_idx)} is out of range" if whole else \
+                f"must be a whole number (a bool is not a layer), got {layer_idx!r:.40}"
+            raise InputError(f"layer index {what}: {self.model_name} has {n} layers, "
                              f"valid indices are 0..{n - 1} (or -{n}..-1 from the end)")
         return int(layer_idx) % n
 

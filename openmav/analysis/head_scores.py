@@ -24,8 +24,12 @@ import numpy as np
 import torch
 
 from ..backends.loading import LoadedModel
+from ..rules import BATCH_SIZE, SEED, Number
+from .checks import analysis_errors
 from .patterns import attention_patterns
 from .stats import AnalysisValueError, NotApplicableError
+
+PATTERN_BYTES_MAX = 2**31  # the attention patterns compute_head_scores keeps at once
 
 SCORE_NAMES = ("previous_token", "duplicate_token", "induction")
 
@@ -150,14 +154,23 @@ def compute_head_scores(lm: LoadedModel, seq_len: int = 30, n_repeats: int = 2, 
     ``lm``: a causal LM's LoadedModel, or an ``AttentionExtractor`` (or its ``handle``) of one.
     """
     lm = causal_model(lm)
-    if seq_len < 2 or n_repeats < 2 or batch < 1:
-        raise AnalysisValueError(f"head scores need seq_len >= 2, n_repeats >= 2, batch >= 1; got "
-                         f"{seq_len}, {n_repeats}, {batch}")
+    with analysis_errors():  # the shared rules, before a token is drawn
+        Number(int, 2, 1_000_000).check("seq_len", seq_len)
+        Number(int, 2, 1_000_000).check("n_repeats", n_repeats)
+        BATCH_SIZE.check("batch", batch)
+        SEED.check("seed", seed)
+    offset = 0 if getattr(lm.tokenizer, "bos_token_id", None) is None else 1
+    length, ctx = offset + seq_len * n_repeats, lm.context_length
+    if ctx and length > ctx:  # counted before the ids are made
+        raise AnalysisValueError(f"seq_len * n_repeats (+1 for BOS) = {length} tokens exceeds the context of "
+                                 f"{lm.name} ({ctx}); valid: seq_len * n_repeats <= {ctx - offset}")
+    parts = lm.parts
+    kept = parts.n_layers * batch * parts.n_heads * length * length * 4
+    if kept > PATTERN_BYTES_MAX:
+        raise AnalysisValueError(f"batch {batch} of {length} tokens keeps {kept / 2**30:.1f} GiB of attention "
+                                 f"patterns (batch x layers x heads x tokens^2 floats), more than "
+                                 f"{PATTERN_BYTES_MAX // 2**30} GiB: lower batch, seq_len or n_repeats")
     ids, offset = repeated_random_tokens(lm, seq_len, n_repeats, batch, seed)
-    ctx = lm.context_length
-    if ctx and ids.shape[1] > ctx:
-        raise AnalysisValueError(f"seq_len * n_repeats (+1 for BOS) = {ids.shape[1]} tokens exceeds the context of "
-                         f"{lm.name} ({ctx}); valid: seq_len * n_repeats <= {ctx - offset}")
     patterns = attention_patterns(lm, ids)
     prev, dup, ind = scores_from_patterns(patterns, seq_len, n_repeats, offset)
     return HeadScores(previous_token=prev, duplicate_token=dup, induction=ind,

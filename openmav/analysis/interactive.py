@@ -13,6 +13,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from ..capture.tokens import disambiguate
+from .stats import AnalysisValueError, check_index
 
 
 def plotly_text(text: str) -> str:
@@ -35,10 +36,20 @@ class OfflineFigure(go.Figure):
 
 
 def interactive_attention(activations, layers=None) -> OfflineFigure:
-    """One heatmap trace per (layer, head); a dropdown shows one at a time (starts at layer 0, head 0)."""
+    """One heatmap trace per (layer, head); a dropdown shows one at a time (starts at layer 0, head 0).
+
+    ``layers``: the layers to offer (``None``: all), each ``0..L-1`` or ``-L..-1`` from the end; an index
+    outside that range is refused (:class:`~openmav.analysis.stats.IndexOutOfRange`), never wrapped."""
+    if not callable(getattr(activations, "attention_array", None)):
+        raise AnalysisValueError(f"activations must be an Activations result (extract_activations gives one), "
+                                 f"got {type(activations).__name__}")
+    if layers is not None and (isinstance(layers, (str, bytes)) or not isinstance(layers, (list, tuple, range))):
+        raise AnalysisValueError(f"layers must be a list of layer indices or None, got {layers!r:.60}")
     att = activations.attention_array()  # [L, H, q, k]
     n_layers, n_heads = att.shape[:2]
-    layers = list(range(n_layers)) if layers is None else [int(x) % n_layers for x in layers]
+    layers = list(range(n_layers)) if layers is None else [check_index(x, n_layers, "layer") for x in layers]
+    if not layers:
+        raise AnalysisValueError("layers is empty: name at least one layer, or pass None for all")
     labels = [plotly_text(t) for t in disambiguate(list(activations.tokens))]  # still unique
     prompt = plotly_text(repr(activations.prompt))
     fig = OfflineFigure()

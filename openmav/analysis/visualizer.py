@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from .checks import check_cmap, check_dpi, check_figure_path, check_flag, check_labels
 from .stats import METRICS, AnalysisValueError, check_index
 
 _LABELS = {"entropy": "entropy (nats)", "max_weight": "max weight", "sparsity": "sparsity",
@@ -88,12 +89,16 @@ class AttentionVisualizer:
     """Plots for :class:`~openmav.analysis.extractor.AttentionExtractor` results."""
 
     def __init__(self, cmap: str = "viridis", dpi: int = 120):
+        check_cmap(cmap)
+        check_dpi(dpi)
         self.cmap = cmap
         self.dpi = dpi
 
     def plot_attention_heatmap(self, attention_weights, tokens, layer_idx: int = 0, head_idx: int = 0,
                                save_path=None, title: str | None = None) -> Figure:
         """One head's ``[query, key]`` probabilities; rows are queries, columns keys."""
+        check_figure_path(save_path)
+        check_labels("tokens", tokens)
         a = select_head(attention_weights, layer_idx, head_idx)
         _check_tokens(tokens, a.shape[-1])
         size = max(4.0, 0.35 * len(tokens) + 2)
@@ -111,6 +116,9 @@ class AttentionVisualizer:
     def plot_all_heads(self, attention_weights, tokens, layer_idx: int = 0, save_path=None,
                        shared_scale: bool = True, cols: int | None = None) -> Figure:
         """Every head of one layer in a grid; one colour scale for all (``shared_scale``)."""
+        check_figure_path(save_path)
+        check_labels("tokens", tokens)
+        check_flag("shared_scale", shared_scale)
         heads = _layer_heads(attention_weights, layer_idx)
         if heads.ndim == 2:
             heads = heads[None]
@@ -141,6 +149,8 @@ class AttentionVisualizer:
     def plot_neuron_activations(self, activations, tokens, top_k: int = 50, layer_idx: int | None = None,
                                 save_path=None) -> Figure:
         """The ``top_k`` neurons that vary most over positions, ``[tokens, neurons]``, diverging at 0."""
+        check_figure_path(save_path)
+        check_labels("tokens", tokens)
         acts = np.asarray(getattr(activations, "mlp", activations), dtype=np.float32)
         if acts.ndim != 2:
             raise AnalysisValueError(f"neuron activations must be [positions, neurons]; got shape {acts.shape}")
@@ -170,6 +180,8 @@ class AttentionVisualizer:
         :class:`openmav.model_loader.AttentionExtractor`): the means are over the positions it
         compares (by default those every prompt has, the first left out), as in its differences table.
         """
+        check_figure_path(save_path)
+        check_labels("labels", labels, optional=True)
         from .compare import PromptComparison
 
         if not isinstance(comparison, PromptComparison):
@@ -211,6 +223,7 @@ class AttentionVisualizer:
         heads), or a list of them, or a :class:`~openmav.analysis.compare.PromptComparison` (one line
         per prompt, in one colour each).
         """
+        check_figure_path(save_path)
         if hasattr(stats, "head_stats"):
             stats = stats.head_stats()
         many = isinstance(stats, (list, tuple))
@@ -247,6 +260,7 @@ class AttentionVisualizer:
 
     def plot_head_scores(self, scores, save_path=None) -> Figure:
         """Previous-token, duplicate-token and induction scores as layers x heads heatmaps (0..1)."""
+        check_figure_path(save_path)
         from .head_scores import SCORE_NAMES
 
         fig = NotebookFigure(figsize=(4.2 * 3, max(3.5, 0.22 * scores.n_layers + 1.5)))
@@ -268,6 +282,7 @@ class AttentionVisualizer:
         Token labels and the prompt in the title are escaped (:func:`~openmav.analysis.interactive.plotly_text`),
         and Plotly escapes the figure's JSON in its ``<script>``: no text from the prompt becomes markup.
         """
+        check_figure_path(save_path, html=True)
         from .interactive import interactive_attention
 
         fig = interactive_attention(activations, layers)

@@ -6,7 +6,8 @@ import threading
 
 import torch
 
-from ..rules import DTYPES, SEED, Callback, Device, Flag, check_model_name, check_text
+from ..capture.inputs import check_ids, vocab_size
+from ..rules import DTYPES, SEED, Callback, Device, Flag, TokenIds, check_model_name, check_text
 from ..errors import InputError
 from .loading import LoadedModel, load_model, wrap_model
 
@@ -94,6 +95,10 @@ class TransformersBackend:
         return lm.tokenizer(text, return_tensors="pt").input_ids.to(lm.device)
 
     def decode(self, token_ids, skip_special_tokens: bool = False) -> str:
+        """The text of ``token_ids`` (a list, ``[P]`` or ``[1, P]``), each checked against the vocabulary."""
+        Flag().check("skip_special_tokens", skip_special_tokens)
+        lm = self.initialize()
+        TokenIds(vocab_size(lm), lists=True, one_d=True).check("token_ids", token_ids)
         if isinstance(token_ids, torch.Tensor):
             token_ids = token_ids.reshape(-1).tolist()
         return self.tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens)
@@ -112,6 +117,10 @@ class TransformersBackend:
         from ..capture.hooks import attention_implementation
 
         lm = self.initialize()
+        Flag().check("output_attentions", output_attentions)
+        Flag().check("output_hidden_states", output_hidden_states)
+        seen = past_key_values.get_seq_length() if hasattr(past_key_values, "get_seq_length") else 0
+        check_ids(lm, "input_ids", input_ids, reserve=int(seen))  # the cached tokens count against the context
         cache = past_key_values if past_key_values is not None else DynamicCache(config=lm.model.config)
         import inspect
 

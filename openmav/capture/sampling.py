@@ -12,10 +12,15 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import InputError
+from ..rules import check_sampling
 
 
 @dataclass(frozen=True)
 class SamplingConfig:
+    """How the next token is chosen; checked when made, by the command line's rules
+    (:data:`openmav.rules.SAMPLING`): finite numbers in range, whole numbers where whole, so a bad
+    value is an :class:`~openmav.errors.InputError` naming the field before anything runs."""
+
     temperature: float = 0.0
     top_k: int = 0
     top_p: float = 1.0
@@ -23,17 +28,14 @@ class SamplingConfig:
     repetition_penalty: float = 1.0
     seed: int | None = None
 
+    def __post_init__(self):
+        self.validate()
+
     def validate(self) -> "SamplingConfig":
-        if self.temperature < 0:
-            raise InputError(f"temperature must be >= 0 (0 is greedy), got {self.temperature}")
-        if self.top_k < 0:
-            raise InputError(f"top-k must be >= 0 (0 turns it off), got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise InputError(f"top-p must be in (0, 1], got {self.top_p}")
-        if not 0 <= self.min_p <= 1:
-            raise InputError(f"min-p must be in [0, 1], got {self.min_p}")
-        if self.repetition_penalty <= 0:
-            raise InputError(f"repetition penalty must be > 0 (1 turns it off), got {self.repetition_penalty}")
+        for name in ("temperature", "top_k", "top_p", "min_p", "repetition_penalty"):
+            if getattr(self, name) is None:
+                raise InputError(f"{name} must be a number, got None")
+        check_sampling(self.temperature, self.top_k, self.top_p, self.min_p, self.repetition_penalty, self.seed)
         return self
 
     @property

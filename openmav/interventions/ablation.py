@@ -25,14 +25,15 @@ Hooks are attached on entry and removed in ``finally``.
 
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
 import torch
 
+from ..capture.inputs import check_ids, check_lm
 from ..errors import InputError
+from ..rules import ABLATION, Index, shown
 
 KINDS = ("zero", "mean", "scale", "permute", "sparsify")
 
@@ -57,32 +58,45 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def validate_ablations(lm, ablations: Iterable[HeadAblation]) -> list[HeadAblation]:
-    """Check every ablation against the model; an :class:`InputError` names the valid range."""
+def validate_ablations(lm, ablations: Iterable[HeadAblation], seq: int | None = None) -> list[HeadAblation]:
+    """Check every ablation against the model with the shared rules (:data:`openmav.rules.ABLATION`);
+    an :class:`InputError` names the field, the valid range and the value.  With ``seq`` (the prompt's
+    length) the positions are checked against it too, before any forward."""
+    check_lm(lm)
+    if isinstance(ablations, (str, bytes)) or not isinstance(ablations, Iterable):
+        raise InputError(f"ablations must be a list of HeadAblation, got {shown(ablations)}")
     parts = lm.parts
     n_layers, n_heads = parts.n_layers, parts.n_heads
     checked = []
     for a in ablations:
         if not isinstance(a, HeadAblation):
-            raise InputError(f"expected a HeadAblation, got {type(a).__name__}")
-        if not _is_int(a.layer) or not 0 <= a.layer < n_layers:
-            raise InputError(f"layer {a.layer!r} is out of range: valid layers are 0..{n_layers - 1}")
+            raise InputError(f"ablations must hold HeadAblation objects, got {type(a).__name__}")
+        Index(n_layers, "layer").check("layer", a.layer)
         if parts.attn[a.layer] is None:
             raise InputError(f"layer {a.layer} has no attention heads (not an attention layer); attention layers: "
                              f"{', '.join(map(str, parts.attention_layers)) or 'none'}")
-        if not _is_int(a.head) or not 0 <= a.head < n_heads:
-            raise InputError(f"head {a.head!r} is out of range: valid heads are 0..{n_heads - 1}")
-        if a.kind not in KINDS:
-            raise InputError(f"unknown ablation kind {a.kind!r}: use one of {', '.join(KINDS)}")
-        if not math.isfinite(float(a.factor)):
-            raise InputError(f"scale factor {a.factor!r} must be a finite number")
-        if not math.isfinite(float(a.threshold)) or a.threshold < 0:
-            raise InputError(f"sparsify threshold {a.threshold!r} must be a finite number >= 0")
-        if a.positions is not None:
-            if len(a.positions) == 0 or not all(_is_int(p) and p >= 0 for p in a.positions):
-                raise InputError(f"positions {a.positions!r} must be a non-empty list of token indices >= 0")
+        Index(n_heads, "head").check("head", a.head)
+        check_ablation_fields(a.kind, a.factor, a.threshold, a.positions, a.seed, seq)
         checked.append(a)
     return checked
+
+
+def check_ablation_fields(kind, factor, threshold, positions, seed, seq: int | None = None) -> None:
+    """How a head is ablated (every field of :class:`HeadAblation` but where), by the shared rules;
+    ``positions`` against ``seq`` when it is known."""
+    try:
+        ABLATION["kind"].check("kind", kind)
+    except InputError:
+        raise InputError(f"unknown ablation kind {shown(kind)}: use one of {', '.join(KINDS)}") from None
+    ABLATION["factor"].check("scale factor", factor)
+    ABLATION["threshold"].check("sparsify threshold", threshold)
+    ABLATION["seed"].check("permute seed", seed)
+    if positions is not None:
+        if not isinstance(positions, (list, tuple)) or len(positions) == 0 or \
+                not all(_is_int(p) and p >= 0 for p in positions):
+            raise InputError(f"positions {shown(positions)} must be a non-empty list of token indices >= 0")
+        if seq is not None and max(positions) >= seq:
+            raise InputError(f"position {max(positions)} is out of range: valid positions are 0..{seq - 1}")
 
 
 def _positions(positions: Sequence[int] | None, seq: int, device) -> torch.Tensor:
@@ -165,25 +179,23 @@ def edit_heads(lm, plan: dict[int, list[PlannedEdit]]):
             handle.remove()
 
 
-def as_ids(lm, input_ids) -> torch.Tensor:
-    """Token ids as a ``[1, P]`` long tensor on the model's device (from a list, [P] or [1, P])."""
+def as_ids(lm, input_ids, flag: str = "input_ids") -> torch.Tensor:
+    """Token ids as a ``[1, P]`` long tensor on the model's device (from a list, [P] or [1, P]), checked
+    first against the model's vocabulary and context (:func:`openmav.capture.inputs.check_ids`)."""
+    check_lm(lm)
+    check_ids(lm, flag, input_ids, lists=True, one_d=True)
     ids = torch.as_tensor(input_ids, dtype=torch.long)
     if ids.dim() == 1:
         ids = ids.unsqueeze(0)
-    if ids.dim() != 2 or ids.shape[0] != 1 or ids.shape[1] == 0:
-        raise InputError(f"expected one non-empty sequence of token ids, got shape {tuple(ids.shape)}")
-    vocab = lm.model.get_input_embeddings().num_embeddings
-    if int(ids.min()) < 0 or int(ids.max()) >= vocab:
-        raise InputError(f"token ids must lie in 0..{vocab - 1}")
     return ids.to(lm.device)
 
 
 @torch.no_grad()
-def head_outputs(lm, input_ids) -> list[torch.Tensor]:
+def head_outputs(lm, input_ids, flag: str = "input_ids") -> list[torch.Tensor]:
     """Each layer's per-head outputs of one clean forward: a list of ``[P, n_heads, head_dim]``
     (zeros for layers without attention)."""
     parts = lm.parts
-    ids = as_ids(lm, input_ids)
+    ids = as_ids(lm, input_ids, flag)
     seen: list[torch.Tensor | None] = [None] * parts.n_layers
     handles = []
 
@@ -206,7 +218,17 @@ def head_outputs(lm, input_ids) -> list[torch.Tensor]:
 
 def head_means(lm, reference_ids) -> torch.Tensor:
     """The mean output of every head over the positions of ``reference_ids``: ``[L, H, head_dim]``."""
-    return torch.stack([z.mean(dim=0) for z in head_outputs(lm, reference_ids)])
+    return torch.stack([z.mean(dim=0) for z in head_outputs(lm, reference_ids, "reference_ids")])
+
+
+def check_means(lm, means) -> None:
+    """``means`` is ``None`` or a float tensor ``[L, H, head_dim]`` of this model (see :func:`head_means`)."""
+    if means is None:
+        return
+    parts = lm.parts
+    want = [parts.n_layers, parts.n_heads, parts.head_dim]
+    if not isinstance(means, torch.Tensor) or not means.is_floating_point() or list(means.shape) != want:
+        raise InputError(f"means must be a float tensor of shape {want} (head_means gives one), got {shown(means)}")
 
 
 @contextmanager
@@ -218,6 +240,9 @@ def ablate_heads(lm, ablations: Iterable[HeadAblation], reference_ids=None, mean
     (``[L, H, head_dim]``, see :func:`head_means`) may be passed instead.
     """
     ablations = validate_ablations(lm, ablations)
+    if reference_ids is not None:
+        check_ids(lm, "reference_ids", reference_ids, lists=True, one_d=True)
+    check_means(lm, means)
     if means is None and reference_ids is not None and any(a.kind == "mean" for a in ablations):
         means = head_means(lm, reference_ids)
     plan: dict[int, list[PlannedEdit]] = {}
@@ -236,7 +261,7 @@ def ablated_logits(lm, input_ids, ablations: Iterable[HeadAblation], reference_i
     ``input_ids`` itself when no reference is given.
     """
     ids = as_ids(lm, input_ids)
-    ablations = list(ablations)
+    ablations = validate_ablations(lm, ablations, seq=ids.shape[1])
     if reference_ids is None and any(a.kind == "mean" for a in ablations):
         reference_ids = ids
     with ablate_heads(lm, ablations, reference_ids=reference_ids):

@@ -32,9 +32,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..capture.inputs import check_lm
 from ..errors import InputError
+from ..rules import INT_MAX, Callback, Index, Number, check_text, shown
 from .ablation import as_ids, head_outputs
-from .evaluate import Cancelled, _grid, _json_grid
+from .evaluate import Cancelled, _grid, _json_grid, check_run, output_vocab
 from .patching import Metric, head_outputs_with_grad, metric_rows, patched_forward
 
 Head = tuple[int, int]
@@ -69,16 +71,50 @@ class TokenProb:
         return torch.softmax(logits.double(), -1)[self.token]
 
 
+TOKEN_ID = Number(int, 0, INT_MAX)  # the model's vocabulary bounds it where the metric meets the model
+
+
 def logit_diff(token_a: int, token_b: int) -> LogitDiff:
-    return LogitDiff(int(token_a), int(token_b))
+    """The metric ``logits[token_a] - logits[token_b]``; ids are whole numbers >= 0 (never counted from the
+    end), checked against the model's vocabulary when the metric is used (:func:`check_metric`)."""
+    return LogitDiff(int(TOKEN_ID.check("token_a", token_a)), int(TOKEN_ID.check("token_b", token_b)))
 
 
 def token_prob(token: int) -> TokenProb:
-    return TokenProb(int(token))
+    """The metric ``softmax(logits)[token]`` (see :func:`logit_diff` for the id)."""
+    return TokenProb(int(TOKEN_ID.check("token", token)))
+
+
+def check_metric(lm, metric) -> None:
+    """``metric`` must be callable on logits; the token ids of a :class:`LogitDiff` or :class:`TokenProb` must
+    lie in the model's vocabulary (a larger one would index past the logits, a negative one wrap)."""
+    Callback(optional=False).check("metric", metric)
+    vocab = output_vocab(lm)
+    for name in ("token_a", "token_b", "token"):
+        if isinstance(metric, (LogitDiff, TokenProb)) and hasattr(metric, name):
+            Number(int, 0, vocab - 1).check(f"the metric's {name}", getattr(metric, name))
+
+
+def check_heads(lm, heads) -> list[Head]:
+    """``heads``: a list of ``(layer, head)`` pairs of attention heads of this model."""
+    if isinstance(heads, (str, bytes)) or not isinstance(heads, (list, tuple)):
+        raise InputError(f"heads must be a list of (layer, head) pairs, got {shown(heads)}")
+    parts = lm.parts
+    for i, pair in enumerate(heads):
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise InputError(f"heads must be a list of (layer, head) pairs, got the item {shown(pair)}")
+        Index(parts.n_layers, "layer").check(f"heads[{i}]: the layer", pair[0])
+        Index(parts.n_heads, "head").check(f"heads[{i}]: the head", pair[1])
+        if pair[0] not in parts.attention_layers:
+            raise InputError(f"heads[{i}]: layer {pair[0]} has no attention heads; attention layers: "
+                             f"{', '.join(map(str, parts.attention_layers)) or 'none'}")
+    return [(int(layer), int(head)) for layer, head in heads]
 
 
 def single_token(lm, text: str) -> int:
     """The id of ``text`` when it is exactly one token (e.g. ``" Mary"``); an :class:`InputError` otherwise."""
+    check_lm(lm)
+    check_text("text", text, allow_empty=False)
     ids = lm.tokenizer(text, add_special_tokens=False).input_ids
     if len(ids) != 1:
         raise InputError(f"{text!r} is {len(ids)} tokens for {getattr(lm, 'name', 'this model')}; a metric token "
@@ -95,7 +131,9 @@ def swap_names(prompt: str, tokenizer=None) -> str:
     With a ``tokenizer``, the corrupted prompt must have as many tokens as the clean
     one (patching pairs positions); an :class:`InputError` says when it has not.
     """
-    match = NAME_PAIR.search(prompt or "")
+    check_text("prompt", prompt)
+    Callback().check("tokenizer", tokenizer)
+    match = NAME_PAIR.search(prompt)
     if not match or match.group(1) == match.group(2):
         raise InputError("no two names found to swap: the prompt needs the form '... A and B ...' "
                          "(e.g. 'When Mary and John went to the store, John gave a drink to')")
@@ -110,7 +148,7 @@ def swap_names(prompt: str, tokenizer=None) -> str:
 
 
 def _pair(lm, clean_ids, corrupt_ids) -> tuple[torch.Tensor, torch.Tensor]:
-    clean, corrupt = as_ids(lm, clean_ids), as_ids(lm, corrupt_ids)
+    clean, corrupt = as_ids(lm, clean_ids, "clean_ids"), as_ids(lm, corrupt_ids, "corrupt_ids")
     if clean.shape != corrupt.shape:
         raise InputError(f"the clean and corrupted prompts must have the same number of tokens "
                          f"({clean.shape[1]} vs {corrupt.shape[1]})")
@@ -136,6 +174,7 @@ def pair_tokens(lm, clean_ids, corrupt_ids) -> tuple[int, int, int]:
 def attribution_patching(lm, clean_ids, corrupt_ids, metric: Metric) -> np.ndarray:
     """First-order estimate ``[L, H]`` of each head's patching effect on ``metric`` (see module doc)."""
     clean, corrupt = _pair(lm, clean_ids, corrupt_ids)
+    check_metric(lm, metric)
     _, z_clean, grads = head_outputs_with_grad(lm, clean, metric)
     z_corrupt = head_outputs(lm, corrupt)
     est = [((zc - zk) * g).double().sum(dim=(0, 2)) for zc, zk, g in zip(z_corrupt, z_clean, grads)]
@@ -150,6 +189,9 @@ def verify_by_ablation(lm, clean_ids, corrupt_ids, metric: Metric, heads: list[H
     ``batch_size`` heads per forward).
     """
     clean, corrupt = _pair(lm, clean_ids, corrupt_ids)
+    check_metric(lm, metric)
+    heads = check_heads(lm, heads)
+    check_run(lm, batch_size, cancel, on_batch)
     z_corrupt = head_outputs(lm, corrupt)
     base = float(metric_rows(metric, patched_forward(lm, clean, [[]])[0])[0])
     out = []
@@ -166,6 +208,8 @@ def verify_by_ablation(lm, clean_ids, corrupt_ids, metric: Metric, heads: list[H
 def path_effects(lm, clean_ids, corrupt_ids, metric: Metric, heads: list[Head]) -> list[tuple[Head, Head, float]]:
     """Measured effect of each sender through each later-layer receiver (see module doc): two batched forwards."""
     clean, corrupt = _pair(lm, clean_ids, corrupt_ids)
+    check_metric(lm, metric)
+    heads = check_heads(lm, heads)
     pairs = [(s, r) for s in heads for r in heads if s[0] < r[0]]
     if not pairs:
         return []
@@ -183,7 +227,16 @@ def path_effects(lm, clean_ids, corrupt_ids, metric: Metric, heads: list[Head]) 
 
 def correlation(x, y) -> float | None:
     """Pearson correlation of two sequences; ``None`` when either is constant or shorter than 2."""
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    for name, values in (("x", x), ("y", y)):
+        if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
+            raise InputError(f"{name} must be a sequence of numbers, got {shown(values)}")
+    try:
+        x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    except (TypeError, ValueError):
+        raise InputError(f"x and y must be sequences of numbers, got {shown(x)} and {shown(y)}") from None
+    if x.ndim != 1 or y.ndim != 1 or x.shape != y.shape:
+        raise InputError(f"x and y must be two sequences of the same length, got shapes {list(x.shape)} and "
+                         f"{list(y.shape)}")
     if x.size < 2 or x.std() == 0 or y.std() == 0:
         return None
     return float(np.corrcoef(x, y)[0, 1])
@@ -232,6 +285,10 @@ def discover_circuit(lm, clean_ids, corrupt_ids, metric: Metric, top_n: int = 8,
     "attribution" | "verify" | "paths" | "done", "step", "total"}``; ``cancel`` (a
     ``threading.Event``) is checked between forwards.
     """
+    clean, corrupt = _pair(lm, clean_ids, corrupt_ids)
+    check_metric(lm, metric)
+    Callback().check("progress", progress)
+    check_run(lm, batch_size, cancel, None)
     parts = lm.parts
     if not parts.has_attention:
         raise InputError("this model has no attention layers, so it has no heads to put in a circuit")
@@ -242,7 +299,6 @@ def discover_circuit(lm, clean_ids, corrupt_ids, metric: Metric, top_n: int = 8,
     if not isinstance(verify_k, int) or isinstance(verify_k, bool) or not top_n <= verify_k <= len(every):
         raise InputError(f"verify_k must be an integer in {top_n}..{len(every)} (at least top_n: the circuit is "
                          f"drawn from verified heads), got {verify_k!r}")
-    clean, corrupt = _pair(lm, clean_ids, corrupt_ids)
 
     def emit(phase, step=0, total=0):
         if progress is not None:

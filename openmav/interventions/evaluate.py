@@ -22,9 +22,12 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from ..capture.inputs import check_ids
 from ..errors import InputError, OpenMavError
 from ..metrics import kl_divergence
-from .ablation import HeadAblation, as_ids, edit_heads, head_means, make_edit, validate_ablations
+from ..rules import BATCH_SIZE, Callback, Cancel, Flag, shown
+from .ablation import (HeadAblation, as_ids, check_ablation_fields, edit_heads, head_means, make_edit,
+                       validate_ablations)
 
 Head = tuple[int, int]
 
@@ -105,8 +108,7 @@ def run_head_sets(lm, input_ids, head_sets: Sequence[Sequence[Head]], spec: Abla
     ``on_batch(done, total)`` is called after each forward.
     """
     ids = as_ids(lm, input_ids)
-    if batch_size < 1:
-        raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    check_run(lm, batch_size, cancel, on_batch, share_prefix=share_prefix)
     for heads in head_sets:
         validate_ablations(lm, [spec.at(layer, head) for layer, head in heads])
     if spec.kind == "mean" and means is None:
@@ -163,8 +165,8 @@ class HeadEffects:
     def ranked(self, by: str = "kl") -> list[tuple[int, int, float]]:
         """``(layer, head, value)`` sorted by ``|by|`` (one of :data:`METRICS`), largest first;
         heads of layers without attention are left out."""
-        if by not in METRICS:
-            raise InputError(f"unknown metric {by!r}: use one of {', '.join(METRICS)}")
+        if not isinstance(by, str) or by not in METRICS:
+            raise InputError(f"unknown metric {shown(by)}: use one of {', '.join(METRICS)}")
         values = getattr(self, by)
         if values is None:
             raise InputError(f"this evaluation has no {by!r} values")
@@ -208,15 +210,35 @@ def logit_diff_tokens(baseline: torch.Tensor, tokens: tuple[int, int] | None) ->
     if tokens is None:
         top2 = baseline.topk(2).indices.tolist()
         return int(top2[0]), int(top2[1])
-    vocab = baseline.shape[-1]
-    if len(tokens) != 2:
-        raise InputError(f"the logit difference needs two tokens (a, b), got {tokens!r}")
+    return check_token_pair(tokens, baseline.shape[-1])
+
+
+def check_token_pair(tokens, vocab: int) -> tuple[int, int]:
+    """``tokens`` ``(a, b)``: two different token ids in ``0..vocab-1``."""
+    if not isinstance(tokens, (list, tuple)) or len(tokens) != 2:
+        raise InputError(f"the logit difference needs two tokens (a, b), got {shown(tokens)}")
     for t in tokens:
         if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab:
-            raise InputError(f"token id {t!r} is out of range: valid ids are 0..{vocab - 1}")
+            raise InputError(f"tokens: token id {shown(t)} is out of range: valid ids are 0..{vocab - 1}")
     if tokens[0] == tokens[1]:
-        raise InputError("the logit difference needs two different tokens")
+        raise InputError(f"the logit difference needs two different tokens, got {shown(tokens)}")
     return int(tokens[0]), int(tokens[1])
+
+
+def check_run(lm, batch_size, cancel, on_batch, reference_ids=None, share_prefix=True) -> None:
+    """The arguments every batched run shares, by the shared rules (before any forward)."""
+    BATCH_SIZE.check("batch_size", batch_size)
+    Cancel().check("cancel", cancel)
+    Callback().check("on_batch", on_batch)
+    Flag().check("share_prefix", share_prefix)
+    if reference_ids is not None:
+        check_ids(lm, "reference_ids", reference_ids, lists=True, one_d=True)
+
+
+def output_vocab(lm) -> int:
+    """How many logits the model gives per position."""
+    head = lm.model.get_output_embeddings()
+    return int(getattr(head, "out_features", None) or head.weight.shape[0])
 
 
 def evaluate_all_heads(lm, input_ids, kind: str = "zero", batch_size: int = 32, factor: float = 0.0,
@@ -233,13 +255,17 @@ def evaluate_all_heads(lm, input_ids, kind: str = "zero", batch_size: int = 32, 
     """
     from .ablation import ablated_logits
 
-    parts = lm.parts
     ids = as_ids(lm, input_ids)
+    parts = lm.parts
+    check_ablation_fields(kind, factor, threshold, positions, seed, seq=ids.shape[1])
+    check_run(lm, batch_size, cancel, on_batch, reference_ids, share_prefix)
+    if tokens is not None:
+        check_token_pair(tokens, output_vocab(lm))
+    if not parts.has_attention:
+        raise InputError("this model has no attention layers: there are no heads to evaluate")
     spec = AblationSpec(kind, factor, threshold, positions, seed)
     means = head_means(lm, reference_ids if reference_ids is not None else ids) if kind == "mean" else None
     baseline = ablated_logits(lm, ids, [])
-    if not parts.has_attention:
-        raise InputError("this model has no attention layers: there are no heads to evaluate")
     a, b = logit_diff_tokens(baseline, tokens)
     heads = parts.heads()
     logits = run_head_sets(lm, ids, [[h] for h in heads], spec, batch_size, means, share_prefix, cancel, on_batch)

@@ -40,8 +40,9 @@ import torch
 
 from ..errors import InputError
 from ..metrics import kl_divergence
-from .ablation import ablated_logits, as_ids, head_means
-from .evaluate import AblationSpec, run_head_sets
+from ..rules import Callback, Number
+from .ablation import ablated_logits, as_ids, check_ablation_fields, head_means
+from .evaluate import AblationSpec, check_run, output_vocab, run_head_sets
 
 Head = tuple[int, int]
 Progress = Callable[[dict], None] | None
@@ -196,7 +197,7 @@ def generic_study(lm, input_ids, max_heads: int = 5, candidates: int = 20, kind:
     ``candidates``, greedy forward selection (stopping early when no candidate
     raises the KL).  ``spec_kwargs`` (factor, threshold, positions, seed) shape the ablation.
     """
-    _check_sizes(max_heads, candidates)
+    _check_study(lm, input_ids, max_heads, candidates, kind, progress, cancel, batch_size, k, spec_kwargs)
     s = _Search(lm, input_ids, kind, batch_size, progress, cancel, "kl", spec_kwargs)
     search = SEARCH.format(score="KL(baseline || ablated)", candidates=candidates, max_heads=max_heads,
                            stop="; stop early when no candidate raises the KL")
@@ -222,10 +223,10 @@ def targeted_study(lm, input_ids, target_id: int, max_heads: int = 8, candidates
     margin over its strongest rival, keep the best ``candidates``, greedy forward
     selection that stops as soon as the target is the most likely token.
     """
-    _check_sizes(max_heads, candidates)
-    vocab = lm.model.get_output_embeddings().out_features
+    _check_study(lm, input_ids, max_heads, candidates, kind, progress, cancel, batch_size, k, spec_kwargs)
+    vocab = output_vocab(lm)
     if not isinstance(target_id, int) or isinstance(target_id, bool) or not 0 <= target_id < vocab:
-        raise InputError(f"target token id {target_id!r} is out of range: valid ids are 0..{vocab - 1}")
+        raise InputError(f"target_id {target_id!r} is out of range: valid ids are 0..{vocab - 1}")
     s = _Search(lm, input_ids, kind, batch_size, progress, cancel, "target_margin", spec_kwargs)
     search = SEARCH.format(score="the rise of the target's logit margin", candidates=candidates,
                            max_heads=max_heads, stop="; stop as soon as the target is the most likely token")
@@ -255,8 +256,8 @@ def logit_diff_study(lm, input_ids, token_a: int, token_b: int, max_heads: int =
     early when no candidate lowers it further).  The progress events' ``metric`` is
     the logit difference itself; ``success`` stays None (there is no goal to reach).
     """
-    _check_sizes(max_heads, candidates)
-    vocab = lm.model.get_output_embeddings().out_features
+    _check_study(lm, input_ids, max_heads, candidates, kind, progress, cancel, batch_size, k, spec_kwargs)
+    vocab = output_vocab(lm)
     for name, t in (("token_a", token_a), ("token_b", token_b)):
         if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab:
             raise InputError(f"{name} {t!r} is out of range: valid ids are 0..{vocab - 1}")
@@ -282,8 +283,23 @@ def logit_diff_study(lm, input_ids, token_a: int, token_b: int, max_heads: int =
     return _finish(s, "logit_diff", chosen, after, k, search, score, tokens=(token_a, token_b))
 
 
-def _check_sizes(max_heads: int, candidates: int) -> None:
-    if not isinstance(max_heads, int) or max_heads < 1:
-        raise InputError(f"max_heads must be an integer >= 1, got {max_heads!r}")
-    if not isinstance(candidates, int) or candidates < 1:
-        raise InputError(f"candidates must be an integer >= 1, got {candidates!r}")
+SPEC_FIELDS = ("factor", "threshold", "positions", "seed")
+
+
+def _check_study(lm, input_ids, max_heads, candidates, kind, progress, cancel, batch_size, k, spec_kwargs) -> int:
+    """A study's arguments by the shared rules, before any forward; returns the prompt's length."""
+    seq = int(as_ids(lm, input_ids).shape[1])
+    HEADS.check("max_heads", max_heads)
+    HEADS.check("candidates", candidates)
+    unknown = [name for name in spec_kwargs if name not in SPEC_FIELDS]
+    if unknown:
+        raise InputError(f"unknown ablation setting {unknown[0]!r}: the settings are {', '.join(SPEC_FIELDS)}")
+    spec = AblationSpec(kind, **spec_kwargs)
+    check_ablation_fields(spec.kind, spec.factor, spec.threshold, spec.positions, spec.seed, seq)
+    Callback().check("progress", progress)
+    check_run(lm, batch_size, cancel, None)
+    Number(int, 1, output_vocab(lm)).check("k", k)
+    return seq
+
+
+HEADS = Number(int, 1, 1_000_000)

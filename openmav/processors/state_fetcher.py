@@ -8,7 +8,8 @@ from typing import Iterator
 from ..api.measurements import ModelMeasurements
 from ..capture.sampling import SamplingConfig
 from ..capture.step_loop import CaptureConfig, generate_steps
-from ..rules import MAX_NEW_TOKENS, check_sampling, check_text
+from ..errors import InputError
+from ..rules import MAX_NEW_TOKENS, Flag, check_sampling, check_text, shown
 from .state_processor import StateProcessor
 
 # steps per logit-lens product for the raw record stream (records arrive this many at a time, in order,
@@ -31,6 +32,9 @@ class StateFetcher:
     def __init__(self, backend, max_new_tokens: int = 50, aggregation: str = "l2", scale: str = "linear",
                  capture: CaptureConfig | None = None, stop_at_eos: bool = True):
         MAX_NEW_TOKENS.check("max_new_tokens", max_new_tokens)
+        Flag().check("stop_at_eos", stop_at_eos)
+        if capture is not None and not isinstance(capture, CaptureConfig):
+            raise InputError(f"capture must be a CaptureConfig (or None for every capture), got {shown(capture)}")
         self.backend = backend
         self.max_new_tokens = int(max_new_tokens)
         self.processor = StateProcessor(aggregation=aggregation, scale=scale)
