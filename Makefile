@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.openmav-installed
 
-.PHONY: install run test chromium bench bench-peers gpu-wheels clean
+.PHONY: install run test chromium bench bench-peers bench-scan gpu-wheels clean
 
 install: $(STAMP)
 
@@ -50,6 +50,12 @@ $(PEERS_STAMP): pyproject.toml
 
 bench-peers: $(PEERS_STAMP)
 	$(PEERS)/bin/python bench/bench_peers.py $(ARGS)
+
+# The scan benchmark (bench/bench_scan.py) beside nnsight, TransformerLens and Ray, on Debian's fortunes.
+bench-scan: $(PEERS_STAMP)
+	$(PEERS)/bin/pip install --quiet "torch==2.13.0" -e ".[ray]"
+	@test -d /usr/share/games/fortunes || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fortunes >/dev/null; }
+	$(PEERS)/bin/python bench/bench_scan.py $(ARGS)
 
 # Wheels the GPU check (bench/gpu_check.sh) installs on a machine without network; carried with the project.
 gpu-wheels: install

@@ -16,6 +16,7 @@ _LAZY = {
     "MAV": ("openmav.mav", "MAV"),
     "load_model": ("openmav.backends.loading", "load_model"),
     "generate_steps": ("openmav.capture.step_loop", "generate_steps"),
+    "scan": ("openmav.scan", None),  # the module, callable: openmav.scan(...) and openmav.scan.open(DIR)
 }
 
 
@@ -26,7 +27,8 @@ def __getattr__(name: str):
         import importlib
 
         module, attr = _LAZY[name]
-        return getattr(importlib.import_module(module), attr)
+        found = importlib.import_module(module)
+        return found if attr is None else getattr(found, attr)
     raise AttributeError(f"module 'openmav' has no attribute {name!r}")
 
 

@@ -20,6 +20,7 @@ SUBCOMMANDS = {
     "compare": "openmav.cli.compare",
     "serve": "openmav.cli.serve",
     "replay": "openmav.cli.replay",
+    "scan": "openmav.cli.scan",
     "models": "openmav.cli.models",
     "cache": "openmav.cli.cache",
 }

@@ -1,0 +1,159 @@
+"""Partial results that merge exactly, in any grouping and any order.
+
+A scan's numbers come from batches (:mod:`openmav.scan.windows`); a shard, a Ray worker or a resumed
+run holds the results of some batches, and merging them must give the same bits however the corpus
+was split.  Two structures make that so:
+
+- :class:`TopK`: per unit the ``k`` largest values with their global token index, ordered by value
+  (descending), ties by index (ascending: earlier document and position first).  That order is total,
+  so a merge keeps exactly the ``k`` first of the union, whatever was merged before.
+- :class:`BlockTree`: floating-point sums are not associative, so per-batch statistics (count, mean,
+  M2 by Chan et al.'s pairwise update, and plain sums) are combined along a fixed binary tree over batch
+  indices: a node covers the aligned block ``[i * 2**level, (i + 1) * 2**level)`` and is formed only
+  from its two children, left then right.  A shard adds its batches' leaves; merging shards adds their
+  nodes; what remains at the end is the same set of nodes (the maximal aligned blocks of
+  ``[0, batches)``), folded left to right.  Maxima, counts and histograms are exact in any order and
+  ride along in the same nodes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# --- statistics per group of units --------------------------------------------------------------------------------
+
+
+def leaf(values: np.ndarray | None = None, **fields) -> dict:
+    """A node from one batch: ``n``, ``mean``, ``m2`` and ``max`` of ``values`` ``[positions, units]`` (float64
+    moments), plus any extra ``fields``: arrays whose names say how they merge (``sum_*`` add in the tree's
+    order, ``count_*``/``hist*`` add exactly, ``max_*`` take the maximum)."""
+    node = dict(fields)
+    if values is not None:
+        node.update(stats_of(values))
+    return node
+
+
+def stats_of(values) -> dict:
+    """``n``, ``mean``, ``m2``, ``max``, ``count_pos`` of a ``[positions, units]`` torch tensor (moments in float64)."""
+    import torch
+
+    n = int(values.shape[0])
+    var, mean = torch.var_mean(values, dim=0, correction=0)
+    return {"n": np.int64(n), "mean": mean.double().numpy(), "m2": (var.double() * n).numpy(),
+            "max": values.amax(0).float().numpy(), "count_pos": (values > 0).sum(0).numpy().astype(np.int64)}
+
+
+def combine(left: dict, right: dict) -> dict:
+    """The node of two adjacent blocks, ``left`` before ``right`` (Chan's update for mean and M2)."""
+    out = {}
+    for key in left.keys() | right.keys():
+        if key not in left or key not in right:
+            out[key] = left.get(key, right.get(key))
+    if "n" in left and "n" in right:
+        na, nb = float(left["n"]), float(right["n"])
+        n = na + nb
+        delta = right["mean"] - left["mean"]
+        out["n"] = np.int64(left["n"] + right["n"])
+        out["mean"] = left["mean"] + delta * (nb / n) if n else left["mean"]
+        out["m2"] = left["m2"] + right["m2"] + delta * delta * (na * nb / n) if n else left["m2"]
+    for key in left.keys() & right.keys():
+        if key in ("n", "mean", "m2"):
+            continue
+        if key == "max" or key.startswith("max_"):
+            out[key] = np.maximum(left[key], right[key])
+        else:  # sums (in the tree's fixed order), exact counts and histograms
+            out[key] = left[key] + right[key]
+    return out
+
+
+def combine_groups(left: dict, right: dict) -> dict:
+    """:func:`combine` per group (a node holds one entry per group of units, e.g. ``neuron/3``)."""
+    out = dict(left)
+    for group, node in right.items():
+        out[group] = combine(left[group], node) if group in left else node
+    return out
+
+
+class BlockTree:
+    """Per-batch nodes combined along the fixed binary tree over batch indices (see the module docstring)."""
+
+    def __init__(self):
+        self.nodes: dict[tuple[int, int], dict] = {}
+
+    def add(self, level: int, index: int, node: dict) -> None:
+        """Add the node of block ``(level, index)``; siblings present are combined upwards at once."""
+        key = (level, index)
+        if key in self.nodes:
+            raise ValueError(f"block {key} was added twice")
+        while True:
+            sibling = (key[0], key[1] ^ 1)
+            if sibling not in self.nodes:
+                self.nodes[key] = node
+                return
+            other = self.nodes.pop(sibling)
+            node = combine_groups(other, node) if key[1] & 1 else combine_groups(node, other)
+            key = (key[0] + 1, key[1] >> 1)
+
+    def add_batch(self, batch_index: int, node: dict) -> None:
+        self.add(0, batch_index, node)
+
+    def merge(self, other: "BlockTree") -> None:
+        for (level, index), node in sorted(other.nodes.items()):
+            self.add(level, index, node)
+
+    def total(self) -> dict:
+        """The nodes left, folded left to right (by the first batch each covers)."""
+        out: dict = {}
+        for (level, index), node in sorted(self.nodes.items(), key=lambda kv: kv[0][1] << kv[0][0]):
+            out = combine_groups(out, node) if out else node
+        return out
+
+    def covered(self) -> int:
+        return sum(1 << level for level, _ in self.nodes)
+
+
+# --- exact top-k -----------------------------------------------------------------------------------------------
+
+
+class TopK:
+    """Per unit the ``k`` best ``(value, key)``: ``values`` ``[units, k]`` float32 (-inf where empty), ``keys``
+    ``[units, k]`` int64 (global token index), and ``extra`` arrays ``[units, k, ...]`` carried along (the
+    context around each hit)."""
+
+    def __init__(self, units: int, k: int, extra_shapes: dict | None = None):
+        self.k = k
+        self.values = np.full((units, k), -np.inf, dtype=np.float32)
+        self.keys = np.full((units, k), np.iinfo(np.int64).max, dtype=np.int64)
+        self.extra = {name: np.full((units, k, *shape), np.nan if np.issubdtype(dtype, np.floating) else 0,
+                                    dtype=dtype) for name, (shape, dtype) in (extra_shapes or {}).items()}
+
+    @classmethod
+    def from_arrays(cls, values, keys, extra) -> "TopK":
+        out = cls.__new__(cls)
+        out.k = values.shape[1]
+        out.values, out.keys, out.extra = values, keys, dict(extra)
+        return out
+
+    def threshold(self) -> np.ndarray:
+        """Per unit, the value a candidate must reach to enter (the k-th best so far; -inf while not full)."""
+        return self.values[:, -1]
+
+    def offer(self, values: np.ndarray, keys: np.ndarray, extra: dict) -> np.ndarray:
+        """Merge candidates ``[units, c]`` (-inf: none); returns the mask ``[units, c]`` of those kept."""
+        allv = np.concatenate([self.values, values], axis=1)
+        allk = np.concatenate([self.keys, keys], axis=1)
+        order = np.argsort(allk, axis=1, kind="stable")
+        order = np.take_along_axis(order, np.argsort(-np.take_along_axis(allv, order, 1), axis=1, kind="stable"), 1)
+        keep = order[:, : self.k]
+        self.values = np.take_along_axis(allv, keep, 1)
+        self.keys = np.take_along_axis(allk, keep, 1)
+        for name, arr in self.extra.items():
+            both = np.concatenate([arr, extra[name]], axis=1)
+            idx = keep.reshape(keep.shape + (1,) * (both.ndim - 2))
+            self.extra[name] = np.take_along_axis(both, np.broadcast_to(idx, keep.shape + both.shape[2:]), 1)
+        kept = np.zeros(allv.shape, dtype=bool)
+        np.put_along_axis(kept, keep, True, 1)
+        return kept[:, self.k:]
+
+    def merge(self, other: "TopK") -> None:
+        self.offer(other.values, other.keys, other.extra)
