@@ -4,6 +4,10 @@ A file that cannot be replayed (missing, a directory, empty, truncated, not a tr
 damaged inside) is refused with one line naming it and what is wrong: the cheap
 checks run before anything heavy is imported (:class:`openmav.cli.validate.TraceFile`),
 the rest in :func:`openmav.capture.trace.load_trace`.
+
+The scale of the per-layer bars is chosen as the live view chose it for the recorded run:
+``--scale`` when given, else the scale that run was given (``auto`` unless it named one:
+per panel, log when one layer is over 10x the median, else linear, the title naming it).
 """
 
 from __future__ import annotations
@@ -20,7 +24,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--delay", type=float, default=None,
                    help="seconds between tokens, 0 to 86400 (default: as recorded)")
     add_view_flags(p, scale_default="auto")
+    for action in p._actions:
+        if action.dest == "scale":
+            action.help = action.help.replace("(default: ", "(default: the recorded run's scale; for a run that named none, ", 1)
     return p
+
+
+def chosen_scale(given: str, meta: dict) -> str:
+    """The scale to draw with: ``given`` (``--scale``) unless it is ``auto`` (the flag left out); then the
+    recorded run's own (``auto`` for a run that named none, or a trace that does not say)."""
+    from ..view.options import SCALES
+
+    recorded = meta.get("scale")
+    return recorded if given == "auto" and recorded in SCALES else given
 
 
 def replay_stream(records, processor, delay: float | None):
@@ -51,7 +67,8 @@ def run(args) -> int:
     meta, records = load_trace(args.file)
     if not records:
         raise InputError(f"{args.file} holds no steps (the run was stopped before its first token)")
-    options = ViewOptions(max_bar_length=args.max_bar_length, limit_chars=args.limit_chars, scale=args.scale,
+    scale = chosen_scale(args.scale, meta)
+    options = ViewOptions(max_bar_length=args.max_bar_length, limit_chars=args.limit_chars, scale=scale,
                           aggregation=args.aggregation, prompt=meta.get("prompt", ""))
     try:
         panels = make_panels(args.selected_panels or meta.get("selected_panels"), None, None, options)
@@ -60,7 +77,8 @@ def run(args) -> int:
             raise
         raise InputError(f"{args.file} names panels this openmav lacks ({exc}); pick some with --selected-panels"
                          ) from None
-    processor = StateProcessor(aggregation=args.aggregation, scale="linear" if args.scale == "auto" else args.scale)
+    # as mav.MAV: the panels scale per panel themselves; the processor's *_normalized fields stay linear
+    processor = StateProcessor(aggregation=args.aggregation, scale="linear" if scale == "auto" else scale)
     if mode == "auto":  # as run_view decides it; text lines (not on a terminal) are not paced
         from rich.console import Console
 
