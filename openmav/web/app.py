@@ -33,6 +33,7 @@ from ..errors import OpenMavError
 from . import schemas as S
 from .hosts import HostCheck
 from .jobs import BusyError, JobQueue, ModelGate
+from .scans import scan_router
 from .service import ExplorerService, _plain
 from .tasks import circuit_job, evaluate_job, features, study_job
 
@@ -145,11 +146,13 @@ def _error_handlers(app: FastAPI, service: ExplorerService) -> None:
 
 
 def create_app(lm: LoadedModel, max_prompt_tokens: int = 128, max_jobs: int = 4,
-               request_wait_s: float = 120.0, hosts: Iterable[str] = ()) -> FastAPI:
+               request_wait_s: float = 120.0, hosts: Iterable[str] = (), scans: Iterable = ()) -> FastAPI:
     """The explorer app for ``lm``: prompts up to ``max_prompt_tokens``, at most ``max_jobs`` jobs.
 
     Requests must be addressed to 127.0.0.1, localhost, [::1] or one of ``hosts`` (the
     host ``mav serve`` binds), with the server's port; any other Host header answers 400.
+    ``scans``: finished corpus scans (:class:`openmav.scan.query.Scan` objects or their folders) that the
+    page's Neurons and Heads tabs show (:mod:`openmav.web.scans`).
     """
     app = FastAPI(title="OpenMAV explorer", version="1", docs_url=None, redoc_url=None,
                   description="Attention heads, head ablation, studies and circuits of one loaded model.")
@@ -159,6 +162,7 @@ def create_app(lm: LoadedModel, max_prompt_tokens: int = 128, max_jobs: int = 4,
     jobs = JobQueue(gate, max_jobs=max_jobs)
     app.state.service, app.state.gate, app.state.jobs = service, gate, jobs
     _error_handlers(app, service)
+    app.include_router(scan_router(scans, service, gate, wait_s=request_wait_s))
 
     def held():
         return gate.hold("a request", timeout=request_wait_s)
