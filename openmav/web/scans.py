@@ -219,7 +219,8 @@ def scan_router(scans: Iterable, service, gate, wait_s: float = 120.0) -> APIRou
         if kind == "resid":
             raise InputError("kind must be neuron or head: a layer's residual norm has no top contexts by token")
         texts = [text] if text[:1].isspace() else [text, " " + text]
-        where, params = "kind = ? AND token IN (SELECT unnest(?))", [kind, texts]
+        top_k = int(scan.settings["top_k"])  # the scan's top k, even where its table keeps more
+        where, params = "kind = ? AND token IN (SELECT unnest(?)) AND rank < ?", [kind, texts, top_k]
         if layer is not None:
             where += " AND layer = ?"
             params.append(layer)
