@@ -421,9 +421,11 @@ def test_token_search_and_untrusted_token_text(page, server, scan):
     layer, unit, token = next((l, u, t) for l, u, _, t, ids in hits
                               if "<img" in "".join(vocab[i] for i in ids) and t.strip())
     page.click(".tabs button[data-tab='neurons']")
+    page.wait_for_selector("#neuron-table caption")
     page.fill("#neuron-token", token)
     page.click("#neuron-search")
-    page.wait_for_function("document.querySelector('#neuron-table caption').textContent.includes('fall')")
+    page.wait_for_function("(document.querySelector('#neuron-table caption') || {textContent: ''})"
+                           ".textContent.includes('fall')")
     idle(page)
     found = api(server, "/api/scans/0/token?" + urlencode({"text": token, "kind": "neuron", "limit": 25}))
     rows = page.locator("#neuron-table tbody tr")

@@ -21,7 +21,9 @@ const unitName = (kind, layer, unit) => `layer ${layer} · ${kind === "head" ? "
 
 async function openUnit(kind, layer, unit) {
   const box = kind === "head" ? $("#head-unit-page") : $("#neuron-unit-page");
+  const place = box.id, n = ask(place);
   const page = await scanApi(`/unit/${kind}/${layer}/${unit}`, {limit: 20});
+  if (stale(place, n)) return;
   if (kind === "neuron") {
     $("#neuron-layer").value = String(layer);
     $("#neuron-unit").value = String(unit);
@@ -46,7 +48,7 @@ async function openUnit(kind, layer, unit) {
   box.dataset.unit = `${kind}/${layer}/${unit}`;
   if (box.getBoundingClientRect().top > window.innerHeight - 120) box.scrollIntoView({block: "start"});  // below the fold
   drawHistogram(hist, page.histogram, kind).catch((err) => showError(err.message));
-  if (kind === "neuron") showEffect(effect, layer, unit);
+  if (kind === "neuron") showEffect(effect, layer, unit, n);
 }
 window.mav.openUnit = openUnit;
 
@@ -97,7 +99,7 @@ function formatPower(k) {
   return k >= 0 ? String(10 ** k) : (10 ** k).toFixed(-k);
 }
 
-async function showEffect(box, layer, unit) {
+async function showEffect(box, layer, unit, n) {
   if (!scanInfo().same_model) {
     box.replaceChildren(el("p", {class: "hint", text: `No logit effect: the scan was made with ${scanInfo().model}, ` +
       "not the served model."}));
@@ -105,6 +107,7 @@ async function showEffect(box, layer, unit) {
   }
   box.replaceChildren(el("p", {class: "hint", text: "computing the direct effect on the logits…"}));
   const e = await scanApi(`/effect/${layer}/${unit}`, {k: 10});
+  if (stale("neuron-unit-page", n)) return;
   const vmax = Math.max(1e-12, ...e.top.map((t) => Math.abs(t.value)), ...e.bottom.map((t) => Math.abs(t.value)));
   const table = (title, rows, cls) => el("table", {class: "dist effect " + cls}, el("caption", {text: title}),
     ...rows.map((t) => el("tr", {},

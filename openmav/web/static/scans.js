@@ -4,7 +4,7 @@
 // texts, sources, paths) is written with textContent, never as HTML.
 "use strict";
 
-const SC = {scans: [], index: 0, headSort: {by: "induction", order: "desc"}, loaded: {}};
+const SC = {scans: [], index: 0, headSort: {by: "induction", order: "desc"}, loaded: {}, asked: {}};
 window.mav.scans = SC;
 
 const scanInfo = () => SC.scans[SC.index];
@@ -13,6 +13,10 @@ const scanApi = (path, params = {}) => {
   return api(`/api/scans/${SC.index}${path}` + (query.toString() ? `?${query}` : ""));
 };
 const option = (value, text) => el("option", {value, text});
+// a number per place on the page (a table, a unit page): an answer is drawn only if no later request for the
+// same place was made meanwhile, so a slow answer never replaces a newer one
+const ask = (place) => { SC.asked[place] = (SC.asked[place] || 0) + 1; return SC.asked[place]; };
+const stale = (place, n) => SC.asked[place] !== n;
 
 // ---- the tabs' markup -------------------------------------------------------------------------------------
 (function addScanTabs() {
@@ -87,6 +91,7 @@ function baseName(path) {
 function pickScan(index) {
   SC.index = index;
   SC.loaded = {};
+  Object.keys(SC.asked).forEach((place) => ask(place));  // answers about the scan shown before are dropped
   document.querySelectorAll(".scan-select").forEach((sel) => { sel.value = String(index); });
   const s = scanInfo();
   const layers = Object.keys(s.neurons).map(Number);
@@ -120,7 +125,9 @@ function showScanTab(name) {
 // ---- Neurons: sorted units, a token search, a neuron by number -------------------------------------------------
 async function loadUnits() {
   const by = $("#neuron-sort").value, order = $("#neuron-order").value, layer = $("#neuron-sort-layer").value;
+  const n = ask("neuron-table");
   const rows = await scanApi("/units", {kind: "neuron", by, order, layer, limit: $("#neuron-limit").value});
+  if (stale("neuron-table", n)) return;
   const what = `${rows.length} neurons${layer === "" ? "" : ` of layer ${layer}`} by ${$("#neuron-sort").selectedOptions[0].text}`;
   $("#neuron-table").replaceChildren(unitTable(what, rows, [
     ["layer", (r) => r.layer], ["neuron", (r) => r.unit], ["max", (r) => fmt(r.max, 3)],
@@ -132,7 +139,9 @@ async function searchToken() {
   const text = $("#neuron-token").value;
   if (!text) return showError("type a token's text, e.g. the");
   const layer = $("#neuron-sort-layer").value;
+  const n = ask("neuron-table");
   const found = await scanApi("/token", {text, kind: "neuron", layer, limit: $("#neuron-limit").value});
+  if (stale("neuron-table", n)) return;
   const matched = found.tokens.map((t) => `“${t.token}” (${t.hits} hits)`).join(", ");
   const what = found.units.length
     ? `Neurons whose top contexts fall most on ${matched}`
@@ -163,7 +172,9 @@ const HEAD_COLUMNS = [["layer", "layer"], ["head", null], ["entropy", "entropy"]
 
 async function loadHeads() {
   const {by, order} = SC.headSort;
+  const n = ask("head-table");
   const rows = await scanApi("/heads", {by, order});
+  if (stale("head-table", n)) return;
   if (!rows.length) {
     $("#head-table").replaceChildren(el("p", {class: "hint", text: "This scan has no heads (it was made with --units neurons)."}));
     return;
