@@ -103,10 +103,9 @@ def run(args) -> int:
         print(f"warning: --allow-remote: listening on {args.host or 'every interface'}:{args.port}; the API has "
               "no authentication: anyone who can reach this address can run the model", file=sys.stderr, flush=True)
 
-    import uvicorn
-
     from ..backends.loading import load_model
     from ..web.app import create_app
+    from ..web.server import serve
 
     from .validate import loading_kwargs
 
@@ -117,5 +116,5 @@ def run(args) -> int:
     shown = f"[{args.host}]" if ":" in args.host else args.host
     docs = "API docs at /docs, schema at /openapi.json" if app.state.docs else "API schema at /openapi.json"
     print(f"OpenMAV explorer for {lm.name}: http://{shown}:{args.port}/  ({docs}; Ctrl+C stops)", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    serve(app, args.host, args.port)  # uvicorn, with deadlines for slow or silent connections
     return 0

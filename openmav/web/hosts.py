@@ -9,6 +9,12 @@ the user reached it: ``127.0.0.1``, ``localhost`` or ``[::1]``, the hosts the ap
 given (the bound host), or the address the connection arrived on (an IP address,
 which a rebinding page cannot send), each with the port the server listens on.
 
+A page of another site can still make the browser send a request here without reading the
+answer (a form, a ``fetch`` in ``no-cors`` mode); :class:`OriginCheck` answers 403 to every
+request that may change something (any method but GET, HEAD and OPTIONS) whose ``Origin`` is
+not this server as addressed, or whose ``Sec-Fetch-Site`` says another site sent it.  Requests
+without either header (curl, scripts, the tests) are answered as before.
+
 This module imports neither torch nor the app, so the command line checks its
 ``--host`` before anything heavy loads.
 """
@@ -107,5 +113,59 @@ class HostCheck:
         body = json.dumps({"detail": f"bad Host header: this server answers only requests addressed to {names}"
                                      " (a page of another site cannot use it)"}).encode()
         await send({"type": "http.response.start", "status": 400,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _header(scope, name: bytes) -> str | None:
+    values = [v for k, v in scope.get("headers", ()) if k.lower() == name]
+    return values[0].decode("latin-1").strip() if len(values) == 1 else None if not values else ""
+
+
+def _same_origin(origin: str, scope) -> bool:
+    """Whether ``origin`` (``scheme://host[:port]``) is this server as the request's Host header names it."""
+    scheme, sep, rest = origin.partition("://")
+    host = _header(scope, b"host")
+    if not sep or not host or "/" in rest or scheme.lower() != scope.get("scheme", "http"):
+        return False
+    theirs, ours = split_host_header(rest), split_host_header(host)
+    if theirs is None or ours is None:
+        return False
+    default = 443 if scheme.lower() == "https" else 80
+    return (theirs[0], theirs[1] or default) == (ours[0], ours[1] or default)
+
+
+class OriginCheck:
+    """ASGI middleware: 403 for a state-changing request sent by a page of another site.
+
+    A request whose method is not GET, HEAD or OPTIONS is refused when it carries an ``Origin``
+    header that is not this server (scheme, host and port as the Host header names them;
+    ``null`` included) or a ``Sec-Fetch-Site`` of ``cross-site`` or ``same-site``.
+    """
+
+    def __init__(self, app):
+        self.app = app
+
+    def refused(self, scope) -> str | None:
+        if scope["type"] != "http" or scope.get("method", "GET").upper() in _SAFE_METHODS:
+            return None
+        origin = _header(scope, b"origin")
+        if origin is not None and not _same_origin(origin, scope):
+            return f"requests from another site are refused (Origin {origin[:100]!r} is not this server)"
+        site = (_header(scope, b"sec-fetch-site") or "").lower()
+        if site in ("cross-site", "same-site"):
+            return f"requests from another site are refused (Sec-Fetch-Site: {site})"
+        return None
+
+    async def __call__(self, scope, receive, send):
+        why = self.refused(scope)
+        if why is None:
+            await self.app(scope, receive, send)
+            return
+        body = json.dumps({"detail": why}).encode()
+        await send({"type": "http.response.start", "status": 403,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})

@@ -1,8 +1,15 @@
-"""One model, one computation at a time: a FIFO gate for requests and a queue for long jobs.
+"""One model, one computation at a time: a FIFO gate, a bounded line for requests and a queue for long jobs.
 
 :class:`ModelGate` is a fair (first come, first served) lock: every computation
 on the model, a quick request or a whole study, holds it, so two forwards never
 run on the model at once and nobody waits forever behind later arrivals.
+
+:class:`RequestLine` runs the quick requests that need the model (attention, predictions,
+the lens, ...) one at a time on a thread of its own.  A request waits in the line as a
+future, holding no server thread, so the endpoints that do not need the model (model
+info, job status, cancel, the page) stay free while the model is busy; when
+``max_waiting`` requests already wait, the next one is refused at once
+(:class:`BusyError`, with a guess of when to try again).
 
 :class:`JobQueue` runs long jobs (evaluating all heads, studies, circuit discovery) one after another
 on a single worker thread.  Each :class:`Job` keeps its progress events (for
@@ -17,10 +24,13 @@ from __future__ import annotations
 
 import atexit
 import itertools
+import math
 import queue
 import threading
 import time
 import weakref
+from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -28,7 +38,14 @@ from ..errors import OpenMavError
 
 
 class BusyError(OpenMavError):
-    """Too many jobs queued, or the model stayed busy longer than a request may wait."""
+    """Too many jobs or requests waiting, or the model stayed busy longer than a request may wait.
+
+    ``retry_after``: whole seconds after which trying again is worth it (the HTTP ``Retry-After``).
+    """
+
+    def __init__(self, message: str, retry_after: int = 5):
+        super().__init__(message)
+        self.retry_after = max(1, int(retry_after))
 
 
 class ModelGate:
@@ -85,6 +102,100 @@ class _Held:
 
     def __exit__(self, *exc):
         self.gate.release()
+
+
+class RequestLine:
+    """Requests that need the model, run in arrival order on one thread, at most ``max_waiting`` waiting.
+
+    ``submit(fn)`` returns a :class:`concurrent.futures.Future` of ``fn()`` at once, or raises
+    :class:`BusyError` when the line is full.  The thread takes the model gate for each request
+    (so requests and jobs take turns, first come first served) and runs it unless the caller
+    gave up meanwhile (``future.cancel()``: a request that waited too long, or whose client left).
+    """
+
+    def __init__(self, gate: ModelGate, max_waiting: int = 32):
+        if max_waiting < 1:
+            raise ValueError(f"max_waiting must be at least 1, got {max_waiting}")
+        self.gate = gate
+        self.max_waiting = max_waiting
+        self._items: deque = deque()
+        self._cond = threading.Condition()
+        self._front: Future | None = None  # taken from the line, waiting for the gate
+        self._mean_s = 0.2  # running mean of a request's time on the model (for Retry-After)
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="openmav-requests", daemon=True)
+        self._thread.start()
+        atexit.register(_close_at_exit, weakref.ref(self))
+
+    def waiting(self) -> int:
+        """Requests accepted and not started (given-up ones not counted)."""
+        with self._cond:
+            return self._waiting()
+
+    def _waiting(self) -> int:
+        front = self._front is not None and not self._front.cancelled()
+        return sum(1 for fut, _, _ in self._items if not fut.cancelled()) + front
+
+    def retry_after(self) -> int:
+        """Seconds until the line has likely moved on: the requests waiting times their mean time, at least 1."""
+        with self._cond:
+            return max(1, math.ceil(self._mean_s * (self._waiting() + 1)))
+
+    def submit(self, fn: Callable[[], Any], who: str = "a request") -> Future:
+        fut: Future = Future()
+        with self._cond:
+            if self._closed:
+                raise BusyError("the server is shutting down")
+            if len(self._items) >= self.max_waiting:  # drop the requests whose callers gave up
+                self._items = deque(item for item in self._items if not item[0].cancelled())
+            if self._waiting() >= self.max_waiting:
+                holder = self.gate.holder or "another request"
+                raise BusyError(f"the model is busy ({holder}) and {self.max_waiting} requests are already "
+                                "waiting for it; try again shortly",
+                                retry_after=max(1, math.ceil(self._mean_s * (self._waiting() + 1))))
+            self._items.append((fut, fn, who))
+            self._cond.notify()
+        return fut
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Give up every waiting request and stop the thread (after the request it runs, up to ``timeout`` s)."""
+        with self._cond:
+            self._closed = True
+            for fut, _, _ in self._items:
+                fut.cancel()
+            self._items.clear()
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._items and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                fut, fn, who = self._items.popleft()
+                self._front = fut
+            try:
+                if fut.cancelled():
+                    continue
+                with self.gate.hold(who):
+                    if not fut.set_running_or_notify_cancel():  # given up while it waited for the model
+                        continue
+                    with self._cond:
+                        self._front = None
+                    start = time.monotonic()
+                    try:
+                        result = fn()
+                    except BaseException as exc:  # handed to the caller; the thread outlives any request
+                        fut.set_exception(exc)
+                    else:
+                        fut.set_result(result)
+                    with self._cond:
+                        self._mean_s = 0.8 * self._mean_s + 0.2 * (time.monotonic() - start)
+            finally:
+                with self._cond:
+                    self._front = None
 
 
 @dataclass
@@ -158,7 +269,7 @@ class JobQueue:
         with self._lock:
             if len(self.active()) >= self.max_jobs:
                 raise BusyError(f"at most {self.max_jobs} jobs may be queued or running at once; "
-                                "cancel one or wait for one to finish")
+                                "cancel one or wait for one to finish", retry_after=10)
             job = Job(id=next(self._ids), kind=kind, params=params)
             self.jobs[job.id] = job
             self._forget_old()
@@ -207,6 +318,6 @@ class JobQueue:
 
 
 def _close_at_exit(ref) -> None:
-    queue_ = ref()
-    if queue_ is not None:
-        queue_.close(timeout=5.0)
+    owner = ref()  # a JobQueue or a RequestLine
+    if owner is not None:
+        owner.close(timeout=5.0)
