@@ -22,7 +22,10 @@ Loading gives records equal to the saved ones, field for field.
 
 Saving never leaves a half-written file: the archive is written under a temporary
 name beside the target and renamed onto it (:func:`replacing`), so an interrupted
-save (Ctrl-C, a full disk) leaves any earlier file at that path as it was.
+save (Ctrl-C, a full disk) leaves any earlier file at that path as it was.  The
+temporary (``.NAME.XXXXXXXX.partial.EXT``) is removed on every exit path that runs
+code, and one left by a killed process is removed by the next save into that folder
+(:mod:`openmav.capture.tempfiles`).
 Loading checks everything it reads: a missing, empty, truncated or foreign file is
 one :class:`~openmav.errors.InputError` naming the file and what is wrong.
 """
@@ -42,6 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from . import tempfiles
 from .records import StepRecord
 from .tokens import TokenText
 
@@ -71,25 +75,34 @@ def _umask() -> int:
     return mask
 
 
+#: The temporary names :func:`replacing` makes: ``.NAME.`` + mkstemp's 8 characters + ``.partial`` + suffix.
+PARTIAL = re.compile(r"\..+\.[a-z0-9_]{8}\.partial(\.[^./]*)?")
+
+
 @contextmanager
-def replacing(path):
+def replacing(path, sweep: bool = True):
     """Yield a temporary path beside ``path`` (same suffix); rename it onto ``path`` when the block ends.
 
-    If the block raises (or is interrupted), the temporary file is removed and whatever
-    was at ``path`` before is left untouched.  The new file gets the usual permissions
-    (``0o666`` less the umask).
+    If the block raises (or is interrupted, or the process is asked to stop), the temporary
+    file is removed and whatever was at ``path`` before is left untouched.  The new file gets
+    the usual permissions (``0o666`` less the umask).  With ``sweep``, temporaries that a killed
+    process left in the folder are removed first (:func:`openmav.capture.tempfiles.sweep`).
     """
     path = Path(path)
+    if sweep:
+        tempfiles.sweep(path.parent, PARTIAL)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{path.suffix}", dir=path.parent)
     os.close(fd)
     tmp = Path(name)
+    tempfiles.hold(tmp)
+    done = False
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+        done = True
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tempfiles.release(tmp, remove=not done)
 
 
 def _header_and_arrays(records: list[StepRecord], meta: dict | None) -> dict[str, np.ndarray]:

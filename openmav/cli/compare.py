@@ -14,12 +14,16 @@ prompts and prompts past the context are checked, for every mode, before any fil
 Files of an earlier run are never replaced without ``--force``: that is checked,
 with every flag, before the model loads.  Each file is written under a temporary
 name beside its target and renamed into place, so an interrupted run leaves no
-half-written file and no earlier file half-replaced.
+half-written file and no earlier file half-replaced; a folder that cannot be written
+is one line.  In ``differences.csv`` a text cell that a spreadsheet would run as a
+formula (it starts with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return) gets a
+leading apostrophe, so it is shown as the text it is; numbers are written as they are.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from .live import OneLineParser
@@ -111,12 +115,39 @@ def check_outputs(plan, root: Path, head_scores: bool, force: bool) -> None:
 
 
 def _write(path: Path, write) -> Path:
-    """``write(tmp)`` to a temporary name beside ``path`` (same suffix), then rename it onto ``path``."""
+    """``write(tmp)`` to a temporary name beside ``path`` (same suffix), then rename it onto ``path``;
+    a folder that cannot be written (permissions, a full disk) is one :class:`InputError`."""
     from ..capture.trace import replacing
+    from ..errors import InputError
 
-    with replacing(path) as tmp:
-        write(tmp)
+    try:
+        with replacing(path) as tmp:
+            write(tmp)
+    except OSError as exc:
+        raise InputError(f"could not write {path}: {exc.strerror or exc}") from None
     return path
+
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+
+
+def spreadsheet_text(cell: str) -> str:
+    """``cell`` as a spreadsheet shows it as text: one starting like a formula gets a leading ``'``
+    (a number such as ``-0.25`` is left as it is)."""
+    if cell.startswith(FORMULA_START) and not _NUMBER.fullmatch(cell):
+        return "'" + cell
+    return cell
+
+
+def guard_csv(path) -> None:
+    """Rewrite the CSV file at ``path`` with every cell passed through :func:`spreadsheet_text`."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = [[spreadsheet_text(cell) for cell in row] for row in csv.reader(fh)]
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows(rows)
 
 
 def run_mode(extractor, viz, name: str, prompts: list[str], out: Path, layer: int, top_k: int, console,
@@ -126,8 +157,13 @@ def run_mode(extractor, viz, name: str, prompts: list[str], out: Path, layer: in
 
     from ..analysis import compare
 
+    from ..errors import InputError
+
     layer = extractor.layer_index(layer)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"could not create {out}: {exc.strerror or exc}") from None
     if name == "interactive":
         res = extractor.extract_activations(prompts[0])
         return [_write(out / "interactive_attention.html", lambda p: viz.plot_interactive_attention(res, p)),
@@ -151,7 +187,7 @@ def run_mode(extractor, viz, name: str, prompts: list[str], out: Path, layer: in
                               lambda p: viz.plot_activation_comparison(comparison, layer, save_path=p)))
     written += [
         _write(out / "layer_stats.png", lambda p: viz.plot_layer_statistics(comparison, p, note=how)),
-        _write(out / "differences.csv", lambda p: compare.write_csv(rows, comparison, p)),
+        _write(out / "differences.csv", lambda p: guard_csv(compare.write_csv(rows, comparison, p))),
     ]
     console.print(compare.rich_table(rows, prompts, f"{name}: largest differences between prompts", how))
     return written

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..capture.trace import replacing
 from .render import Layout, TitleDrawer
 
 FINAL_ROW_GREY = 236
@@ -133,12 +134,11 @@ def save_png(image: np.ndarray, path: str, palette: np.ndarray | None = None) ->
     """Write ``image`` (RGB, or palette indices with ``palette``) as PNG at ``path``, atomically."""
     from PIL import Image
 
-    tmp = f"{path}.part"
     picture = Image.fromarray(image)
     if palette is not None:
         picture.putpalette(palette.tobytes())
-    picture.save(tmp, format="PNG", compress_level=1)
-    os.replace(tmp, path)
+    with replacing(path, sweep=False) as tmp:
+        picture.save(tmp, format="PNG", compress_level=1)
 
 
 def write_token(sheet: Sheet, titles: TitleDrawer, values: np.ndarray, title: str,

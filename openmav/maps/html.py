@@ -17,9 +17,9 @@ open or close an element.
 from __future__ import annotations
 
 import json
-import os
 from html import escape
 
+from ..capture.trace import replacing
 from .render import colormap_lut, drawable
 from .write import CMAP
 
@@ -169,8 +169,7 @@ def render_html(sidecar: dict) -> str:
 
 
 def write_html(path: str, sidecar: dict) -> None:
-    """Write the page atomically."""
-    tmp = f"{path}.part"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(render_html(sidecar))
-    os.replace(tmp, path)
+    """Write the page atomically (temporary name, then rename)."""
+    page = render_html(sidecar)
+    with replacing(path, sweep=False) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(page)

@@ -9,11 +9,12 @@ whether 8-bit loading is possible here.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 
-from ..capture import SamplingConfig
+from ..capture import SamplingConfig, tempfiles
 from ..errors import InputError
 from .windows import check_window
 
@@ -120,13 +121,30 @@ def check_chat(o: MapsOptions) -> None:
             raise InputError(f"--chat: {resolve_source(o.model).name}'s tokenizer has no chat template; drop --chat")
 
 
-def load(o: MapsOptions):
-    """Load the model: on a device, split by a device map, or quantized (bitsandbytes, CUDA)."""
+def load(o: MapsOptions, progress=None):
+    """Load the model: on a device, split by a device map, or quantized (bitsandbytes, CUDA).
+
+    ``progress`` receives short status lines; transformers' own bars are off either way.
+    """
     from ..backends.loading import load_model
 
     return load_model(o.model, device=o.device, dtype=o.dtype, device_map=o.device_map,
                       offload_folder=o.offload_folder, quantization=_quantization(o),
-                      reverify=o.reverify)
+                      reverify=o.reverify, progress=progress or (lambda message: None))
+
+
+#: What a killed run may leave in the output folder: this version's temporaries (``.maps.json.XXXXXXXX.partial.json``,
+#: ``.attn_0_1.png.XXXXXXXX.partial.png``), older versions' (``maps.json.part``, ``attn_0_1.png.part``) and the
+#: writability probe of :func:`check_output_dir`.
+LEFTOVERS = re.compile(r"\..+\.[a-z0-9_]{8}\.partial(\.[^./]*)?|(maps\.json|maps\.html|attn_[0-9_]+\.png)\.part"
+                       r"|\.mav-probe-[a-z0-9_]{8}")
+
+
+def write_error(exc: OSError, output_dir: str) -> InputError:
+    """One line for a write that failed: a folder that became unwritable, a full disk."""
+    what = os.path.basename(exc.filename) if getattr(exc, "filename", None) else "the maps"
+    return InputError(f"could not write {what} to {output_dir}: {exc.strerror or exc} "
+                      "(files written before it are complete; nothing half-written is left)")
 
 
 def check_model(o: MapsOptions, lm) -> None:
@@ -179,7 +197,8 @@ def run_maps(o: MapsOptions, lm=None, console=None) -> MapsResult:
     check_options(o)
     if lm is None:
         check_chat(o)
-        lm = load(o)
+        with console.status("loading the model") as status:  # shown on a terminal only
+            lm = load(o, progress=lambda message: status.update(message))
     check_model(o, lm)
     ids = encode(o, lm)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -196,6 +215,7 @@ def run_maps(o: MapsOptions, lm=None, console=None) -> MapsResult:
         os.makedirs(o.output_dir, exist_ok=True)
     except OSError as exc:
         raise InputError(f"cannot create --output-dir {o.output_dir}: {exc.strerror or exc}") from None
+    tempfiles.sweep(o.output_dir, LEFTOVERS)
     start = time.perf_counter()
     sidecar = sidecar_dict(data, plans, settings(o))
     side_path, page_path = os.path.join(o.output_dir, SIDECAR), os.path.join(o.output_dir, PAGE)
@@ -206,6 +226,8 @@ def run_maps(o: MapsOptions, lm=None, console=None) -> MapsResult:
         with Progress(*columns, console=console, transient=True) as bar:
             task = bar.add_task("writing images", total=total)
             images = write_images(data, plans, o.output_dir, o.workers, advance=lambda n: bar.advance(task, n))
+    except OSError as exc:  # the folder became unwritable or the disk filled up during the run
+        raise write_error(exc, o.output_dir) from None
     except ImagesInterrupted as stop:
         console.print(f"interrupted: wrote {SIDECAR}, {PAGE} and {len(stop.written)} of {total} images "
                       f"to {o.output_dir}")

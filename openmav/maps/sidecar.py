@@ -18,9 +18,10 @@ Layout (``N`` read positions, ``L`` layers, ``S_i = prompt_length + i`` keys of 
 from __future__ import annotations
 
 import json
-import os
+
 import numpy as np
 
+from ..capture.trace import replacing
 from .collect import MapsData
 from .write import ImagePlan
 
@@ -54,7 +55,5 @@ def sidecar_dict(data: MapsData, plans: list[ImagePlan], settings: dict) -> dict
 
 def write_sidecar(path: str, sidecar: dict) -> None:
     """Write a :func:`sidecar_dict` as JSON, atomically (temporary name, then rename)."""
-    tmp = f"{path}.part"
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with replacing(path, sweep=False) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         json.dump(sidecar, fh, ensure_ascii=False, separators=(",", ":"))
-    os.replace(tmp, path)

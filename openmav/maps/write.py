@@ -9,11 +9,17 @@ Two rounds of work go to a process pool (matplotlib Agg in each worker):
 With ``workers=0`` everything runs in this process (tests, debugging).  Workers
 ignore Ctrl-C; the parent cancels what has not started, lets running tokens finish
 their files, and raises :class:`ImagesInterrupted` with the names written so far.
+
+The drawn pieces go to the workers through ``openmav-maps-XXXXXXXX/`` in the system's
+temporary folder: removed when the images are written, however the run ends if it runs
+code at all, and swept by the next run if a killed one left it
+(:mod:`openmav.capture.tempfiles`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import tempfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -22,6 +28,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..capture import tempfiles
 from .collect import MapsData, reduce_heads
 from .compose import Sheet, write_token
 from .render import ColumnTextDrawer, Layout, TitleDrawer, colormap_lut, draw_colorbar, draw_left_panel
@@ -29,6 +36,7 @@ from .windows import windows_for
 
 CMAP = "viridis"
 COLUMN_CHUNK = 24
+SHEET_DIR = re.compile(r"openmav-maps-[a-z0-9_]{8}")  # tempfile.mkdtemp(prefix="openmav-maps-")
 _STATE: dict = {}  # per-process caches: drawers and the loaded sheet
 
 
@@ -112,10 +120,13 @@ def write_images(data: MapsData, plans: list[ImagePlan], out_dir: str, workers: 
               for a in range(0, len(cells), COLUMN_CHUNK)]
     written: list[str] = []
     ColumnTextDrawer(layout)  # import matplotlib and find fonts once, before the workers fork
-    pool = _pool(workers) if workers > 0 else None
+    tempfiles.sweep(tempfile.gettempdir(), SHEET_DIR)  # what killed runs left
     tmp = tempfile.mkdtemp(prefix="openmav-maps-")
+    tempfiles.hold(tmp)  # before the pool forks: the workers hold it too while they live
+    pool = None
     sheet_path = os.path.join(tmp, "sheet.npz")
     try:
+        pool = _pool(workers) if workers > 0 else None
         if pool:
             parts = dict(pool.map(_draw_columns, *zip(*chunks)))
         else:
@@ -144,8 +155,8 @@ def write_images(data: MapsData, plans: list[ImagePlan], out_dir: str, workers: 
         expected = {name for plan in plans for _, _, name in plan.windows}
         raise ImagesInterrupted(sorted(n for n in os.listdir(out_dir) if n in expected)) from None
     finally:
-        if pool:
-            pool.shutdown(wait=True)
-        for name in os.listdir(tmp):
-            os.remove(os.path.join(tmp, name))
-        os.rmdir(tmp)
+        try:
+            if pool:
+                pool.shutdown(wait=True)
+        finally:
+            tempfiles.release(tmp)
