@@ -216,9 +216,20 @@ def _no_config(entry: Path) -> None:
     (entry / "config.json").unlink()
 
 
+def _middle(entry: Path) -> None:
+    """The issue's damage: 1 MB of NaN bytes in the middle of the weights, size unchanged, mtime put back."""
+    path = entry / "model.safetensors"
+    st = path.stat()
+    with open(path, "r+b") as f:
+        f.seek(st.st_size // 2)
+        f.write(b"\xff" * (1 << 20))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
 DAMAGE = {"truncated safetensors": (_truncate, ("model.safetensors",), "model.safetensors"),
           "random bytes": (_random_bytes, ("model.safetensors",), "model.safetensors"),
-          "missing config.json": (_no_config, (), "config.json")}
+          "missing config.json": (_no_config, (), "config.json"),
+          "1 MB in the middle, same size": (_middle, ("model.safetensors",), "model.safetensors")}
 
 
 @pytest.mark.parametrize("damage", list(DAMAGE))
@@ -495,3 +506,108 @@ def test_mav_cache_as_a_command(use_cache, tmp_path):
     assert cleaned.returncode == 0 and cleaned.stdout.startswith("removed 3 items")
     wrong = run("cache", "clean", "--everything")
     assert wrong.returncode == 2 and wrong.stderr.count("\n") == 1 and "Traceback" not in wrong.stderr
+
+
+# --------------------------------------------------------------------------- content hashes
+
+
+def test_a_warm_open_reads_no_weights(real, use_cache, monkeypatch):
+    """The content check is lazy: with the files' stamps as recorded, nothing is hashed."""
+    use_cache(real["cache"])
+    assert entry_problem(real["entry"], real["entry"].name) is None  # confirms stamps moved by earlier hard links
+    monkeypatch.setattr(sources, "content_digest", lambda p: pytest.fail(f"hashed {p} on a warm open"))
+    assert convert_gguf(real["gguf"], converter=boom) == real["entry"]
+    manifest = json.loads((real["entry"] / MANIFEST).read_text())
+    assert set(manifest["content"]) == set(manifest["files"]) and "model.safetensors" in manifest["content"]
+
+
+def test_a_touched_file_is_hashed_once_then_trusted(use_cache, tmp_path, monkeypatch):
+    use_cache()
+    gguf = tmp_path / "fake.gguf"
+    gguf.write_bytes(b"fake")
+    entry = convert_gguf(gguf, converter=lambda src, out: write_tiny_model(out))
+    hashed = []
+    real_digest = sources.content_digest
+    monkeypatch.setattr(sources, "content_digest", lambda p: hashed.append(Path(p).name) or real_digest(p))
+    assert entry_problem(entry, entry.name) is None and hashed == []
+    later = time.time() + 60
+    os.utime(entry / "config.json", (later, later))  # `touch`: a new stamp, the same bytes
+    assert entry_problem(entry, entry.name) is None
+    assert sorted(hashed) == ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+    assert entry_problem(entry, entry.name) is None and len(hashed) == 4  # the new stamps were recorded
+
+
+def test_damage_that_kept_its_stamp_is_found_by_a_full_recheck(use_cache, tmp_path):
+    """Bytes changed with the stamp as recorded (as bad media would): trusted by the lazy check, found by
+    :func:`recheck_entry`, which forgets the stamps so the next open rebuilds the entry."""
+    use_cache()
+    gguf = tmp_path / "fake.gguf"
+    gguf.write_bytes(b"fake")
+    tiny = lambda src, out: write_tiny_model(out)  # noqa: E731
+    entry = convert_gguf(gguf, converter=tiny)
+    weights = entry / "model.safetensors"
+    raw = bytearray(weights.read_bytes())
+    raw[-4:] = b"\xff\xff\xff\xff"  # the last float becomes NaN; header and size unchanged
+    weights.write_bytes(bytes(raw))
+    manifest = json.loads((entry / MANIFEST).read_text())
+    manifest["checked"] = sources._stamps_digest(entry, manifest["files"])  # pretend nothing moved
+    (entry / MANIFEST).write_text(json.dumps(manifest, separators=(",", ":")))
+    assert entry_problem(entry, entry.name) is None  # lazy: the stamp is the recorded one
+    problem = sources.recheck_entry(entry)
+    assert problem is not None and "model.safetensors" in problem and "content hash" in problem
+    assert "model.safetensors" in entry_problem(entry, entry.name)
+    assert convert_gguf(gguf, converter=tiny) == entry and entry_problem(entry, entry.name) is None
+    assert sources.recheck_entry(entry) is None
+
+
+def test_an_entry_without_content_hashes_is_rebuilt(use_cache, tmp_path, capsys):
+    use_cache()
+    gguf = tmp_path / "fake.gguf"
+    gguf.write_bytes(b"fake")
+    calls = []
+    tiny = lambda src, out: calls.append(1) or write_tiny_model(out)  # noqa: E731
+    entry = convert_gguf(gguf, converter=tiny)
+    manifest = json.loads((entry / MANIFEST).read_text())
+    old = {k: v for k, v in manifest.items() if k not in ("content", "checked")}  # as openmav wrote it before
+    (entry / MANIFEST).write_text(json.dumps({**old, "format": 1}))
+    assert entry_problem(entry, entry.name) == "it was written by another version of openmav"
+    (entry / MANIFEST).write_text(json.dumps(old))
+    assert entry_problem(entry, entry.name) == f"{MANIFEST} has no content hashes"
+    capsys.readouterr()
+    assert convert_gguf(gguf, converter=tiny) == entry and len(calls) == 2
+    assert capsys.readouterr().err.count("rebuilding") == 1 and entry_problem(entry, entry.name) is None
+
+
+def test_conversion_shows_no_transformers_bars(real):
+    """The real conversion (two processes racing) printed none of transformers' progress bars."""
+    for _, out, err in real["results"]:
+        for bar in ("de-quantizing", "Loading weights", "%|"):
+            assert bar not in err and bar not in out, err[-1000:]
+
+
+def test_non_finite_logits_blame_unchecked_weights_not_the_dtype(tiny):
+    import torch
+
+    from openmav.capture.step_loop import generate_steps
+    from openmav.errors import NonFiniteLogitsError
+
+    lm = tiny("llama", n_layers=2)
+    norm = lm.model.model.norm.weight
+    saved = norm.detach().clone()
+    try:
+        with torch.no_grad():
+            norm.fill_(float("nan"))  # float32 weights gone bad
+        with pytest.raises(NonFiniteLogitsError) as info:
+            list(generate_steps(lm, "hello world", max_new_tokens=2))
+        said = str(info.value)
+        assert "weights were never checked" in said and "dtype" not in said, said
+        lm.extra["weights_check"] = lambda: "model.safetensors does not hold the bytes it was written with"
+        with pytest.raises(NonFiniteLogitsError, match="weights are damaged .model.safetensors") as info:
+            list(generate_steps(lm, "hello world", max_new_tokens=2))
+        lm.extra["weights_check"] = lambda: None
+        with pytest.raises(NonFiniteLogitsError, match="intact and already float32: try another --device"):
+            list(generate_steps(lm, "hello world", max_new_tokens=2))
+    finally:
+        lm.extra.pop("weights_check", None)
+        with torch.no_grad():
+            norm.copy_(saved)

@@ -21,7 +21,7 @@ from ..rules import Callback, Choice, Device, Flag, check_model_name, check_text
 from .devices import DTYPES, input_device, resolve_device, resolve_dtype  # noqa: F401 - re-exported
 from .find import find_parts
 from .parts import ModelParts
-from .sources import ResolvedSource, convert_gguf, resolve_source
+from .sources import ResolvedSource, convert_gguf, recheck_entry, resolve_source
 from .weights import (DEVICE_MAP_NAMES, check_device_map, check_map_names, check_quantization,  # noqa: F401
                       load_weights, placement_kwargs, quiet_transformers, refuse_encoder, refuse_encoder_config)
 
@@ -155,6 +155,8 @@ def load_model(name: str | None = None, device: str | None = "auto", dtype: str 
         model.to(dev)
     model.eval()
     loaded = _wrap(model, tokenizer, src.name, None, src.kind, True, location=location, reverify=reverify)
+    if src.gguf is not None:  # a cache entry, its bytes checked: non-finite logits check them again in full
+        loaded.extra["weights_check"] = lambda: recheck_entry(location)
     parts = loaded.parts
     if progress and (parts.inferred or len(parts.attention_layers) < parts.n_layers):
         progress(parts.describe())  # said once: an inferred adapter, or which layers have attention

@@ -9,7 +9,9 @@ The cache, under ``cache_dir()``:
 
 * ``converted/<sha256>/``: one entry per distinct GGUF file, named by the sha256 of
   the file's bytes, so a reinstalled, touched or copied file reuses its entry.  Each
-  entry carries ``openmav-entry.json`` (the source file, and every file's size).
+  entry carries ``openmav-entry.json``: the source file, every file's size and content
+  hash (sha256, computed when the entry is written), and a digest of the files' stat
+  stamps (size, mtime, ctime, inode) as they were when those hashes were last confirmed.
 * ``gguf-hashes.json``: the sha256 of each GGUF path seen, with the size, mtime and
   inode it was computed for, so a file is hashed again only when it changes.
 * ``converted/.locks/<sha256>.lock``: held while that entry is built; concurrent
@@ -18,7 +20,12 @@ The cache, under ``cache_dir()``:
   complete; one left behind by a killed process is stale (``mav cache clean``).
 
 An entry is checked each time it is opened (:func:`entry_problem`); a damaged one is
-rebuilt with one line on stderr saying so.
+rebuilt with one line on stderr saying so.  The content check is lazy: files whose stat
+stamps are the ones recorded have not been written since their hashes were confirmed
+(any write moves a file's ctime, which no program can set back), so they are trusted
+without being read; when a stamp moved (a file written, touched, copied, hard-linked) the
+files are hashed again, and the entry is damaged if a hash differs.  A warm start reads a
+few stamps, not a gigabyte.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..capture import tempfiles
 from ..errors import ModelSourceError
 from .encoders import BUNDLED_ENCODERS, bundled_encoder_dir
 
@@ -113,7 +121,7 @@ def bundled_gguf_path(name: str) -> Path:
 
 # --------------------------------------------------------------------------- the converted-model cache
 
-ENTRY_FORMAT = 1  # bump when the layout of an entry changes; older entries are then rebuilt
+ENTRY_FORMAT = 2  # bump when the layout of an entry changes; older entries are then rebuilt (2: content hashes)
 MANIFEST = "openmav-entry.json"
 INDEX = "gguf-hashes.json"
 LOCK_WAIT_S = 3600  # how long a conversion waits for another process converting the same file
@@ -144,6 +152,24 @@ def _stamp(st: os.stat_result) -> dict:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
 
 
+def _content_stamp(st: os.stat_result) -> list[int]:
+    """What changes whenever a file's bytes may have: size, mtime, ctime (set by every write, never by
+    a program) and inode."""
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def _stamps_digest(entry: Path, names) -> str:
+    """One short digest of the stat stamps of ``names`` in ``entry`` (it changes when any of them does)."""
+    stamps = {name: _content_stamp((entry / name).stat()) for name in sorted(names)}
+    return hashlib.sha256(json.dumps(stamps, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def content_digest(path: Path) -> str:
+    """The sha256 of a cache entry's file (kept apart from :func:`sha256_file`, which keys GGUF files)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def _read_index() -> dict[str, dict]:
     """The hash index (path -> size, mtime_ns, inode, sha256); empty when missing or unreadable."""
     try:
@@ -158,20 +184,24 @@ def _read_index() -> dict[str, dict]:
 
 
 def _write_json_atomically(path: Path, payload) -> None:
-    """Write ``payload`` to a temporary file beside ``path``, then rename it over ``path``."""
+    """Write ``payload`` to a temporary file beside ``path``, then rename it over ``path``.
+
+    The temporary (``.NAME.XXXXXXXX.tmp``) is removed on every exit path that runs code; one a killed
+    process left is removed by the next write of that file (:mod:`openmav.capture.tempfiles`).
+    """
+    tempfiles.sweep(path.parent, re.escape(f".{path.name}.") + r"[a-z0-9_]{8}\.tmp")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tempfiles.hold(tmp)
+    done = False
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=1, sort_keys=True)
+            json.dump(payload, f, sort_keys=True, separators=(",", ":"))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+        done = True
+    finally:
+        tempfiles.release(tmp, remove=not done)
 
 
 def _update_index(changes: dict[str, dict | None]) -> None:
@@ -267,12 +297,13 @@ def _safetensors_problem(path: Path) -> str | None:
 def entry_problem(entry: Path, sha256: str | None = None) -> str | None:
     """Why the cache entry ``entry`` cannot be used, in a few words, or ``None`` when it is sound.
 
-    Checks, without reading the weights: the manifest parses, is this openmav's format
-    and (given ``sha256``) belongs to that file; every file it lists is there with its
-    recorded size; every JSON file (``config.json``, the tokenizer's) parses; each
-    safetensors header is readable and its tensor sizes add up to the file's length;
-    ``config.json``, ``tokenizer_config.json`` and ``tokenizer.json`` (or
-    ``tokenizer.model``) are present.
+    Checks: the manifest parses, is this openmav's format and (given ``sha256``) belongs
+    to that file; every file it lists is there with its recorded size; every JSON file
+    (``config.json``, the tokenizer's) parses; each safetensors header is readable and its
+    tensor sizes add up to the file's length; ``config.json``, ``tokenizer_config.json`` and
+    ``tokenizer.json`` (or ``tokenizer.model``) are present; and every file still holds the
+    bytes it was written with (the files are hashed again only when a stat stamp moved since
+    their hashes were last confirmed: see the module's docstring).
     """
     entry = Path(entry)
     try:
@@ -320,9 +351,51 @@ def entry_problem(entry: Path, sha256: str | None = None) -> str | None:
                 problem = _safetensors_problem(entry / name)
                 if problem:
                     return problem
+        return _content_problem(entry, manifest)
     except OSError as exc:
         return f"it cannot be read ({exc.strerror or exc})"
+
+
+def _content_problem(entry: Path, manifest: dict, deep: bool = False) -> str | None:
+    """Which file no longer holds the bytes it was written with, or ``None``.
+
+    The files are hashed only when their stamps' digest differs from the one recorded (or with
+    ``deep``); hashes that all still match record the new digest, so they are not hashed again.
+    """
+    content, checked = manifest.get("content"), manifest.get("checked")
+    files = manifest["files"]
+    if not isinstance(content, dict) or not isinstance(checked, str) or set(content) != set(files) \
+            or not all(isinstance(h, str) and _SHA256.match(h) for h in content.values()):
+        return f"{MANIFEST} has no content hashes"
+    stamps = _stamps_digest(entry, files)
+    if stamps == checked and not deep:
+        return None
+    for name in sorted(files, key=lambda n: (entry / n).stat().st_size):  # the small ones first
+        if content_digest(entry / name) != content[name]:
+            return f"{name} does not hold the bytes it was written with (its content hash differs)"
+    if stamps != checked and _stamps_digest(entry, files) == stamps:  # unchanged while they were hashed
+        try:  # confirmed: remember the new stamps (a read-only cache just hashes again next time)
+            _write_json_atomically(entry / MANIFEST, {**manifest, "checked": stamps})
+        except OSError:
+            pass
     return None
+
+
+def recheck_entry(entry: str | Path) -> str | None:
+    """Hash every file of the cache entry ``entry`` again, whatever its stamps say; why it is damaged, or ``None``.
+
+    For when a model from the cache misbehaves (non-finite logits): an entry found damaged loses its
+    recorded stamps, so the next load hashes it again, finds the same and rebuilds it.
+    """
+    entry = Path(entry)
+    try:
+        manifest = json.loads((entry / MANIFEST).read_text(encoding="utf-8"))
+        problem = _content_problem(entry, manifest, deep=True)
+        if problem is not None and isinstance(manifest.get("checked"), str):
+            _write_json_atomically(entry / MANIFEST, {**manifest, "checked": ""})
+        return problem
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        return f"the cache entry {entry} cannot be read ({getattr(exc, 'strerror', None) or exc})"
 
 
 _ADDED_TOKENS: dict[str, tuple] = {}  # tokenizer.json path -> (size, mtime_ns, its "added_tokens")
@@ -354,15 +427,62 @@ def entry_added_tokens(folder: str | Path) -> list[dict] | None:
     return [dict(t) for t in known[2]] if (st.st_size, st.st_mtime_ns) == known[:2] else None
 
 
+_BAR = re.compile(r"\d+%\|.*\||\|\s*\d+/\d+ \[")  # a tqdm frame: " 42%|████      | 115/272 [00:02<..."
+
+
+class _NoBars:
+    """A stand-in for ``sys.stderr`` that drops tqdm's frames (and the line end after them) and passes the rest on."""
+
+    def __init__(self, real):
+        self.real = real
+        self._after_bar = False
+
+    def write(self, text: str) -> int:
+        if _BAR.search(text):
+            self._after_bar = True
+            return len(text)
+        if self._after_bar and not text.strip():
+            return len(text)
+        self._after_bar = False
+        return self.real.write(text)
+
+    def __getattr__(self, name):  # flush, isatty, fileno, encoding, ... as the real stream has them
+        return getattr(self.real, name)
+
+
+@contextmanager
+def no_progress_bars():
+    """transformers' progress bars off for the block: those it controls (``disable_progress_bar``) and those it
+    draws with plain tqdm ("Converting and de-quantizing GGUF tensors"), filtered out of ``sys.stderr``."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    real = sys.stderr
+    sys.stderr = _NoBars(real)
+    try:
+        yield
+    finally:
+        if sys.stderr.__class__ is _NoBars:
+            sys.stderr = real
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def dequantize_gguf(gguf_path: Path, out_dir: Path) -> None:
-    """Dequantize ``gguf_path`` with transformers and save it (float32 safetensors and tokenizer) in ``out_dir``."""
+    """Dequantize ``gguf_path`` with transformers and save it (float32 safetensors and tokenizer) in ``out_dir``.
+
+    transformers' own bars ("Converting and de-quantizing GGUF tensors", "Loading weights") stay off:
+    the caller says what is happening in its own words.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, name = str(gguf_path.parent), gguf_path.name
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        with no_progress_bars():
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     except Exception as exc:  # transformers raises many kinds here
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelSourceError(f"could not read GGUF file {gguf_path}: {first}") from exc
@@ -372,16 +492,22 @@ def dequantize_gguf(gguf_path: Path, out_dir: Path) -> None:
     model.is_quantized = False
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
+    with no_progress_bars():  # "Writing model shards"
+        model.save_pretrained(out_dir)
+        tokenizer.save_pretrained(out_dir)
 
 
 def _write_manifest(folder: Path, sha256: str, gguf_path: Path) -> None:
-    files = {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
+    names = [p.name for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST]
+    stamps = _stamps_digest(folder, names)
+    content = {name: content_digest(folder / name) for name in names}
+    if _stamps_digest(folder, names) != stamps:
+        raise CacheError(f"the files of {folder} changed while they were hashed")
     st = gguf_path.stat()
     _write_json_atomically(folder / MANIFEST, {
         "format": ENTRY_FORMAT, "sha256": sha256, "source": str(gguf_path.resolve()), "source_size": st.st_size,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "files": files})
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "files": {name: (folder / name).stat().st_size for name in names}, "content": content, "checked": stamps})
 
 
 def _lock_for(sha256: str):
@@ -469,8 +595,8 @@ def convert_gguf(gguf_path: Path, progress: Callable[[str], None] | None = None,
         try:
             if target.exists() or target.is_symlink():
                 _discard(target)
-            for stale in root.glob(f".tmp-{sha}-*"):  # left by a killed conversion (we hold the lock)
-                shutil.rmtree(stale, ignore_errors=True)
+            for stale in [*root.glob(f".tmp-{sha}-*"), *root.glob(f".trash-{sha}-*")]:  # left by a killed
+                shutil.rmtree(stale, ignore_errors=True)  # conversion or removal (we hold the lock)
             tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{sha}-", dir=root))
         except OSError as exc:
             raise CacheError(f"cannot write to the model cache {root}: {exc.strerror or exc}") from None

@@ -145,13 +145,13 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().float().cpu().numpy()
 
 
-def _check_finite(logits: torch.Tensor, step: int) -> None:
+def _check_finite(logits: torch.Tensor, step: int, lm=None) -> None:
     # the sum is finite only if every entry is (an infinity or a NaN anywhere makes it infinite or NaN):
     # one reduction, and the entry-wise test only to confirm (a finite sum that overflows)
     if not math.isfinite(float(logits.sum())) and not torch.isfinite(logits).all():
-        raise NonFiniteLogitsError(
-            f"the model produced NaN or infinite logits at step {step}: try --dtype float32 or another device"
-        )
+        from .nonfinite import nonfinite_message
+
+        raise NonFiniteLogitsError(nonfinite_message(lm, step))
 
 
 def generate_steps(lm: LoadedModel, prompt: str | None = None, max_new_tokens: int = 50,
@@ -248,7 +248,7 @@ def _generate_steps(lm, max_new_tokens, sampling, capture, stop_at_eos, input_id
         k = min(max(capture.top_k, 2), logits.shape[-1])
         for step in range(max_new_tokens):
             raw = logits.float()
-            _check_finite(raw, step)
+            _check_finite(raw, step, lm)
             top = torch.topk(raw, k)  # on the logits: the order of softmax(raw)'s top-k
             top_ids, top_logits = top.indices.cpu().numpy(), top.values.cpu().numpy()
             if sampler.plain_greedy and (k < 2 or top_logits[0] > top_logits[1]):
