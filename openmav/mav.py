@@ -141,13 +141,14 @@ def run_view(stream: Iterable, panels, *, mode: str = "auto", console=None, refr
     one line per token; ``snapshot``: generate everything, then print the panels of
     the last token once (for logs, e.g. training loops).
     """
-    from .view.main_loop_manager import MainLoopManager
-    from .view.plain import jsonl_line, text_line
-
     console = console or _console()
     if mode == "auto":
         mode = "live" if console.is_terminal else "text"
     result = MAVResult()
+    if mode in ("text", "jsonl"):
+        from .view.plain import jsonl_line, text_line
+    else:  # the dashboard (rich's layout and live display) is imported only where one is drawn
+        from .view.main_loop_manager import MainLoopManager
     if mode == "snapshot":
         manager = MainLoopManager(panels, console, refresh_rate, num_grid_rows, options, title)
         result.measurements = list(stream)
