@@ -9,6 +9,8 @@ Every loop here is bounded and every wait has a timeout, so a regression fails i
 
 from __future__ import annotations
 
+import os
+import re
 import socket
 import threading
 import time
@@ -232,3 +234,32 @@ def test_slow_and_silent_connections_are_closed_and_the_server_stays_free(lm):
             threading.Thread(target=release_later, daemon=True).start()
             assert http.post("/api/predict", json={"prompt": IOI}).status_code == 200
             assert http.get("/api/model").status_code == 200
+
+
+# ---- the page ---------------------------------------------------------------------------------------------
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed")
+def test_the_page_says_when_to_retry_when_the_line_is_full(lm):
+    from playwright.sync_api import sync_playwright
+
+    app = create_app(lm, max_prompt_tokens=96, max_waiting=1)
+    args = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
+    with running_server(app) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=args)
+        try:
+            page = browser.new_page()
+            page.goto(url)
+            page.wait_for_selector("body[data-ready='1']")
+            with app.state.gate.hold("test"):
+                waiting = app.state.line.submit(lambda: None)  # the line's one place is taken
+                page.fill("#prompt", IOI + " again")
+                page.click("#run")  # the page's own POSTs pass the Origin check; this one finds the line full
+                page.wait_for_selector("#error:not([hidden])", timeout=20000)
+                shown = page.inner_text("#error")
+                assert "busy" in shown and re.search(r"\(retry in [0-9]+ s\)$", shown), shown
+            waiting.result(timeout=20)
+        finally:
+            browser.close()

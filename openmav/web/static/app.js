@@ -35,7 +35,8 @@ async function api(path, body) {
     });
     const data = await res.json().catch(() => ({detail: res.statusText}));
     if (!res.ok) {
-      throw new Error(data.detail || `HTTP ${res.status}`);
+      const wait = res.status === 429 && res.headers.get("Retry-After");  // a full line: when to try again
+      throw new Error((data.detail || `HTTP ${res.status}`) + (wait ? ` (retry in ${wait} s)` : ""));
     }
     $("#error").hidden = true;
     return data;
