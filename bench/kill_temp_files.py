@@ -4,9 +4,9 @@
 
 For each writing command (``mav --record``, ``mav maps``, ``mav compare``, and a model-cache
 rebuild), one complete run is timed, then the command is started ``--kills`` times and sent
-SIGKILL at a random moment: three kills in four come while it writes (a random 0-0.5 s after
-its first temporary file appears, so the kill lands among the writes), the others at a random
-moment of the second half of a complete run and a little past it.  After every kill it
+SIGKILL at a random moment: three kills in four come while it writes (a random 0-50 ms or
+0-500 ms after its first temporary file appears, so the kill lands among the writes), the
+others at a random moment of the second half of a complete run and a little past it.  After every kill it
 counts the temporaries in the output folder (``.NAME.XXXXXXXX.partial.EXT``, ``*.part``,
 ``.mav-probe-*``), in a private system temporary folder (``openmav-maps-*``: ``$TMPDIR`` points
 there) and, for the cache, ``.tmp-*``/``.trash-*`` folders and ``*.tmp`` files.  Each run sweeps
@@ -96,7 +96,7 @@ def commands(model: str, work: Path) -> dict[str, tuple[list[str], Path]]:
     gguf = work / "fake.gguf"
     gguf.write_bytes(b"a stand-in for a GGUF file: the cache keys entries by its sha256")
     return {
-        "mav --record": ([*mav, "--model", model, "--prompt", PROMPT, "--max-new-tokens", "24", "--format", "jsonl",
+        "mav --record": ([*mav, "--model", model, "--prompt", PROMPT, "--max-new-tokens", "200", "--format", "jsonl",
                           "--device", "cpu", "--record", str(record / "f.npz"), "--force"], record),
         "mav maps": ([*mav, "maps", "--model", model, "--prompt", PROMPT, "--max-new-tokens", "12",
                       "--output-dir", str(maps), "--overwrite", "--window", "8", "--stride", "2",
@@ -147,7 +147,7 @@ def main() -> int:
                     while proc.poll() is None and time.monotonic() < end and \
                             not set(temporaries(out, private_tmp)) - old:
                         time.sleep(0.005)
-                    time.sleep(rng.uniform(0, 0.5))
+                    time.sleep(rng.uniform(0, rng.choice((0.05, 0.5))))
                 else:
                     time.sleep(rng.uniform(0.5 * full, 1.1 * full))
                 try:
