@@ -383,13 +383,13 @@ class Terminal:
     SOCKET = "openmav-seed-tests"
 
     def __init__(self, name: str, command: str, cwd: Path, width: int = 120, height: int = 40):
-        self.name = name
-        self._tmux("kill-session", "-t", name, check=False)
+        self.name = f"{name}-{os.getpid()}"  # suites run side by side on one machine do not share a session
+        self._tmux("kill-session", "-t", self.name, check=False)
         path = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
         script = f"cd {shlex.quote(str(cwd))} && unset COLUMNS LINES && export PATH={shlex.quote(path)} " \
                  f"HF_HUB_OFFLINE=1 && {command}; echo EXITED $?; sleep 120"
         for _ in range(5):  # a server still closing its last session refuses once
-            if self._tmux("new-session", "-d", "-s", name, "-x", str(width), "-y", str(height), script,
+            if self._tmux("new-session", "-d", "-s", self.name, "-x", str(width), "-y", str(height), script,
                           check=False).returncode == 0:
                 break
             time.sleep(0.5)
