@@ -33,14 +33,18 @@ def leaf(values: np.ndarray | None = None, **fields) -> dict:
     return node
 
 
-def stats_of(values) -> dict:
-    """``n``, ``mean``, ``m2``, ``max``, ``count_pos`` of a ``[positions, units]`` torch tensor (moments in float64)."""
+def stats_of(values, count_pos: bool = True) -> dict:
+    """``n``, ``mean``, ``m2``, ``max`` and (unless told not to) ``count_pos`` of a ``[positions, units]`` torch
+    tensor (moments in float64)."""
     import torch
 
     n = int(values.shape[0])
     var, mean = torch.var_mean(values, dim=0, correction=0)
-    return {"n": np.int64(n), "mean": mean.double().numpy(), "m2": (var.double() * n).numpy(),
-            "max": values.amax(0).float().numpy(), "count_pos": (values > 0).sum(0).numpy().astype(np.int64)}
+    out = {"n": np.int64(n), "mean": mean.double().numpy(), "m2": (var.double() * n).numpy(),
+           "max": values.amax(0).float().numpy()}
+    if count_pos:
+        out["count_pos"] = (values > 0).sum(0).numpy().astype(np.int64)
+    return out
 
 
 def combine(left: dict, right: dict) -> dict:
@@ -138,22 +142,29 @@ class TopK:
         """Per unit, the value a candidate must reach to enter (the k-th best so far; -inf while not full)."""
         return self.values[:, -1]
 
-    def offer(self, values: np.ndarray, keys: np.ndarray, extra: dict) -> np.ndarray:
-        """Merge candidates ``[units, c]`` (-inf: none); returns the mask ``[units, c]`` of those kept."""
-        allv = np.concatenate([self.values, values], axis=1)
-        allk = np.concatenate([self.keys, keys], axis=1)
+    def offer(self, values: np.ndarray, keys: np.ndarray, extra: dict, rows: np.ndarray | None = None) -> None:
+        """Merge candidates ``[units, c]`` (-inf: none) into the lists; with ``rows``, the candidates are for those
+        units only (``[len(rows), c]``) and the other units' lists stay as they are."""
+        mine_v = self.values if rows is None else self.values[rows]
+        mine_k = self.keys if rows is None else self.keys[rows]
+        allv = np.concatenate([mine_v, values], axis=1)
+        allk = np.concatenate([mine_k, keys], axis=1)
         order = np.argsort(allk, axis=1, kind="stable")
         order = np.take_along_axis(order, np.argsort(-np.take_along_axis(allv, order, 1), axis=1, kind="stable"), 1)
         keep = order[:, : self.k]
-        self.values = np.take_along_axis(allv, keep, 1)
-        self.keys = np.take_along_axis(allk, keep, 1)
+        new_v, new_k = np.take_along_axis(allv, keep, 1), np.take_along_axis(allk, keep, 1)
+        if rows is None:
+            self.values, self.keys = new_v, new_k
+        else:
+            self.values[rows], self.keys[rows] = new_v, new_k
         for name, arr in self.extra.items():
-            both = np.concatenate([arr, extra[name]], axis=1)
+            both = np.concatenate([arr if rows is None else arr[rows], extra[name]], axis=1)
             idx = keep.reshape(keep.shape + (1,) * (both.ndim - 2))
-            self.extra[name] = np.take_along_axis(both, np.broadcast_to(idx, keep.shape + both.shape[2:]), 1)
-        kept = np.zeros(allv.shape, dtype=bool)
-        np.put_along_axis(kept, keep, True, 1)
-        return kept[:, self.k:]
+            picked = np.take_along_axis(both, np.broadcast_to(idx, keep.shape + both.shape[2:]), 1)
+            if rows is None:
+                self.extra[name] = picked
+            else:
+                arr[rows] = picked
 
     def merge(self, other: "TopK") -> None:
         self.offer(other.values, other.keys, other.extra)

@@ -7,9 +7,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# fixed histogram bins on a signed log scale: 0, then +-10^(-3 .. 4) in quarter decades; the two ends are open
-EDGES = np.concatenate([-(10.0 ** np.linspace(4, -3, 29)), [0.0], 10.0 ** np.linspace(-3, 4, 29)])
+# Fixed histogram bins, by the power of two of |x|: one bin per octave for 2^-10 <= |x| < 2^14 on each side,
+# one for |x| < 2^-10 (zero included), and an open bin at each end.  EDGES are the bins' boundaries in x
+# (-2^14 ... -2^-10, 2^-10 ... 2^14); a negative x falls in the bin of its magnitude's octave.
+LOW, HIGH = -10, 14
+EDGES = np.concatenate([-(2.0 ** np.arange(HIGH, LOW - 1, -1)), 2.0 ** np.arange(LOW, HIGH + 1)])
 N_BINS = len(EDGES) + 1
+CENTER = N_BINS // 2  # the bin of |x| < 2^-10
 BEFORE, AFTER = 10, 4  # context kept around each top-k hit
 CONTEXT = BEFORE + 1 + AFTER
 HEAD_FIELDS = ("entropy", "max_weight", "first_weight", "prev_token")

@@ -128,7 +128,9 @@ class Scan:
             raise InputError(f"token must be text or a token id, got {type(token).__name__}")
         where, params = ("token_id = ?", [int(token)]) if isinstance(token, int) else ("token = ?", [token])
         if isinstance(token, str):
-            check_text("token", token, allow_empty=False)
+            check_text("token", token)  # a token may be whitespace alone (" ", "\n")
+            if not token:
+                raise InputError("token is empty: give a token's text or its id")
         if layer is not None:
             Number(int, 0, 10**9).check("layer", layer)
             where += " AND layer = ?"

@@ -28,7 +28,8 @@ import torch
 
 from ..capture.hooks import attention_implementation, first_output
 from .merge import TopK, leaf, stats_of
-from .plan import AFTER, BEFORE, CONTEXT, EDGES, HEAD_FIELDS, N_BINS, Plan, neuron_module, neuron_width  # noqa: F401
+from .plan import (AFTER, BEFORE, CENTER, CONTEXT, EDGES, HEAD_FIELDS, HIGH, LOW, N_BINS, Plan,  # noqa: F401
+                   neuron_module, neuron_width)
 
 def head_grams(parts, layer: int) -> torch.Tensor:
     """``[H, d, d]`` Gram matrices ``W_h W_h^T`` of the output projection's head slices, read by applying the
@@ -43,13 +44,40 @@ def head_grams(parts, layer: int) -> torch.Tensor:
     return torch.einsum("hde,hfe->hdf", w, w).float().cpu()
 
 
-def histogram(values: torch.Tensor) -> np.ndarray:
-    """``[units, N_BINS]`` counts of ``values`` ``[positions, units]`` in the bins of :data:`EDGES`."""
-    edges = torch.as_tensor(EDGES, dtype=values.dtype)
-    bins = torch.bucketize(values, edges, right=True)  # [N, U] in 0 .. len(EDGES)
+def _code_bins() -> np.ndarray:
+    """``[512, N_BINS]`` one-hot: the bin of each float32 sign-and-exponent code (``bits >> 23``, -256 .. 255,
+    stored from index 0)."""
+    table = np.zeros((512, N_BINS), dtype=np.int64)
+    for code in range(-256, 256):
+        negative, exponent = code < 0, (code + 256 if code < 0 else code) - 127  # |x| in [2^e, 2^(e+1))
+        if exponent < LOW:
+            b = CENTER
+        else:
+            step = min(exponent, HIGH) - LOW + 1  # 1 .. HIGH - LOW + 1 (the open end)
+            b = CENTER - step if negative else CENTER + step
+        table[code + 256, b] = 1
+    return table
+
+
+CODE_BINS = _code_bins()
+
+
+def code_counts(values: torch.Tensor) -> np.ndarray:
+    """``[units, 512]``: per unit, how many float32 ``values`` ``[positions, units]`` have each sign-and-exponent
+    code (``bits >> 23``, stored from -256); one shift, one add and one bincount over the values."""
     units = values.shape[1]
-    flat = (bins + torch.arange(units, dtype=bins.dtype) * N_BINS).view(-1)
-    return torch.bincount(flat, minlength=units * N_BINS).view(units, N_BINS).numpy()
+    codes = values.contiguous().view(torch.int32) >> 23  # -256 .. 255
+    codes += torch.arange(256, units * 512, 512, dtype=torch.int32)
+    return torch.bincount(codes.view(-1), minlength=units * 512).view(units, 512).numpy()
+
+
+def histogram(values: torch.Tensor) -> np.ndarray:
+    """``[units, N_BINS]`` counts of float32 ``values`` ``[positions, units]`` in the octave bins of :data:`EDGES`."""
+    return code_counts(values) @ CODE_BINS
+
+
+# codes 1 .. 255 are the positive floats from 2^-126 up (code 0 holds +0.0 and the subnormals below 2^-126)
+POSITIVE_CODES = slice(256 + 1, 512)
 
 
 class Reader:
@@ -61,6 +89,9 @@ class Reader:
         self.grams = {layer: head_grams(self.parts, layer) for kind, layer, _ in self.groups if kind == "head"}
         self.topk = {f"{k}/{layer}": TopK(u, plan.top_k, {"context": ((CONTEXT,), np.float16)})
                      for k, layer, u in self.groups if k != "resid"}
+        # per group, the k-th best value this reader has kept in any shard: a candidate strictly below it can never
+        # be in the corpus's top k (k values above it exist), so it is not searched, in whichever shard it falls
+        self.floor = {g: np.full(t.values.shape[0], -np.inf, dtype=np.float32) for g, t in self.topk.items()}
         self.last = max(plan.layers)
         self._batch = None
         self._node: dict = {}
@@ -71,15 +102,13 @@ class Reader:
     def run(self, batch) -> dict:
         """Forward ``batch`` (a :class:`~openmav.scan.windows.Batch`) and return its node (one entry per group);
         top-k candidates go into :attr:`topk`."""
-        from ..capture.step_loop import attention_rows_implementation
-        from ..capture import fast_attention
-
         self._batch, self._node, self._induction = batch, {}, None
         ids = torch.as_tensor(batch.ids, device=self.lm.device)
-        impl = attention_rows_implementation(self.lm) if "heads" in self.plan.units else None
+        # heads need the attention probabilities: eager attention computes them once (with every query's row
+        # wanted, the rows function would compute them beside the fused kernel's output)
+        impl = "eager" if "heads" in self.plan.units else None
         handles = self._attach()
         try:
-            fast_attention.STATE.full = True
             with torch.inference_mode(), attention_implementation(self.lm.model, impl):
                 self._forward(ids)
         finally:
@@ -120,9 +149,9 @@ class Reader:
         H, d = self.parts.n_heads, self.parts.head_dim
 
         def hook(module, args):
-            z = self._flat(args[0]).view(-1, H, d)
-            sq = torch.einsum("nhd,hde,nhe->nh", z, self.grams[layer], z)
-            self._reduce("head", layer, sq.clamp_min(0).sqrt())
+            z = self._flat(args[0]).view(-1, H, d).transpose(0, 1)  # [H, n, d]
+            sq = (torch.bmm(z, self.grams[layer]) * z).sum(-1).T  # [n, H]: z_h G_h z_h^T
+            self._reduce("head", layer, sq.clamp_min(0).sqrt().contiguous())
         return hook
 
     def _on_pattern(self, layer: int):
@@ -146,9 +175,11 @@ class Reader:
     def _reduce(self, kind: str, layer: int, values: torch.Tensor) -> None:
         group = f"{kind}/{layer}"
         node = self._node.setdefault(group, {})
-        node.update(stats_of(values))
-        node["hist"] = histogram(values)
-        self._offer(group, values)
+        node.update(stats_of(values, count_pos=False))
+        counts = code_counts(values)
+        node["hist"] = counts @ CODE_BINS
+        node["count_pos"] = counts[:, POSITIVE_CODES].sum(1)  # values above zero (from 2^-126 up)
+        self._offer(group, values, node["max"])
 
     def _induction_keys(self, q: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(keys [b, i, j] as floats, has [b, i])``: key ``j + 1`` for each earlier token ``j < i - 1`` equal to
@@ -180,37 +211,47 @@ class Reader:
             "count_induction": np.int64(has.sum()),
         }
 
-    def _offer(self, group: str, values: torch.Tensor) -> None:
+    def _offer(self, group: str, values: torch.Tensor, batch_max: np.ndarray) -> None:
         """Top-k candidates of this batch for every unit of ``group`` (exact, ties by earlier token), merged into
-        the running lists; contexts are gathered only for candidates that can enter."""
+        the running lists; only units with a value reaching their running k-th best are searched, and contexts
+        are gathered only for candidates that can enter."""
         top = self.topk[group]
-        n, units = values.shape
+        n = values.shape[0]
         k = min(top.k, n)
-        vals, pos = values.topk(k, dim=0)  # [k, U]
+        threshold = np.maximum(top.threshold(), self.floor[group])
+        if np.isfinite(threshold).any():
+            reach = torch.as_tensor(np.nonzero(batch_max >= threshold)[0])  # the batch's maximum reaches the k-th
+            if len(reach) == 0:
+                return
+            cols = values.index_select(1, reach)
+        else:
+            reach, cols = None, values
+        vals, pos = cols.topk(k, dim=0)  # [k, u]
         kth = vals[-1]
-        ties = ((values == kth).sum(0) > (vals == kth).sum(0)).nonzero().flatten().tolist()
+        ties = ((cols == kth).sum(0) > (vals == kth).sum(0)).nonzero().flatten().tolist()
         vals, pos = vals.T.contiguous().numpy(), pos.T.contiguous().numpy()
         for u in ties:  # more positions share the k-th value than topk kept: choose the earliest exactly
-            column = values[:, u].numpy()
+            column = cols[:, u].numpy()
             cand = np.nonzero(column >= column[pos[u, -1]])[0]
             order = np.lexsort((cand, -column[cand]))[:k]
             vals[u], pos[u] = column[cand[order]], cand[order]
+        units = np.arange(values.shape[1]) if reach is None else reach.numpy()
         T = self._batch.ids.shape[1]
         keys = (self._batch.first_window + pos // T) * self.plan.context + pos % T
-        enter = vals >= top.threshold()[:, None]
-        ctx = np.full((units, k, CONTEXT), np.nan, dtype=np.float16)
+        enter = vals >= threshold[units][:, None]
+        ctx = np.full((len(units), k, CONTEXT), np.nan, dtype=np.float16)
         uu, jj = np.nonzero(enter)
         if len(uu):
             p = torch.as_tensor(pos[uu, jj])
             t = p % T
-            offsets = torch.arange(-BEFORE, AFTER + 1)
-            tt = t[:, None] + offsets
+            tt = t[:, None] + torch.arange(-BEFORE, AFTER + 1)
             valid = (tt >= 0) & (tt < T)
             rows = (p - t)[:, None] + tt.clamp(0, T - 1)
-            gathered = values[rows, torch.as_tensor(uu)[:, None]]
+            gathered = values[rows, torch.as_tensor(units[uu])[:, None]]
             ctx[uu, jj] = torch.where(valid, gathered, torch.nan).numpy().astype(np.float16)
-        vals = np.where(enter, vals, -np.inf).astype(np.float32)
-        top.offer(vals, np.where(enter, keys, np.iinfo(np.int64).max), {"context": ctx})
+        top.offer(np.where(enter, vals, -np.inf).astype(np.float32), np.where(enter, keys, np.iinfo(np.int64).max),
+                  {"context": ctx}, rows=None if reach is None else units)
+        np.maximum(self.floor[group], top.threshold(), out=self.floor[group])
 
 
 class _Stop(Exception):

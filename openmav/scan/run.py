@@ -33,7 +33,7 @@ from .store import (FORMAT, ensure_folder, load_shard, read_manifest, remove_sta
 UNITS = ("neurons", "heads")
 CPU_BATCH_TOKENS = 2048  # tokens per forward on a CPU (bigger batches gain nothing there)
 GPU_BATCH_TOKENS = 16384
-SHARD_BATCHES = 8
+SHARD_BATCHES = 16
 
 
 @dataclass(frozen=True)
@@ -261,8 +261,8 @@ def scan(model=None, data=None, out=None, *, layers="all", units=("neurons", "he
     if limit is not None and context > limit:
         raise InputError(f"--context {context} is longer than {lm.name}'s context of {limit} tokens")
     if "neurons" in kinds and all(lm.parts.down_proj[i] is None for i in chosen):
-        raise InputError(f"{lm.name} exposes no per-neuron MLP input in the chosen layers (a mixture of experts "
-                         "keeps its neurons per expert): scan --units heads")
+        raise InputError(f"{lm.name} exposes no per-neuron MLP input in the chosen layers (its adapter names no "
+                         "down projection; a mixture of experts keeps its neurons per expert): scan --units heads")
     if batch_size is None and previous is not None:
         batch_size = previous["settings"]["batch_size"]
     settings = Settings(chosen, kinds, context, top_k, batch_size or default_batch_size(context, lm.device.type),
@@ -275,8 +275,8 @@ def scan(model=None, data=None, out=None, *, layers="all", units=("neurons", "he
         "data": {"path": str(corpus.path), "kind": corpus.kind, "fingerprint": corpus.fingerprint},
         "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()},
         "shard_batches": (previous or {}).get("shard_batches") or shard_batches or SHARD_BATCHES,
-        "notes": [f"layers {', '.join(map(str, moe))}: no per-neuron MLP input (mixture of experts), so no "
-                  "neurons there"] if moe and "neurons" in kinds else [],
+        "notes": [f"layers {', '.join(map(str, moe))}: no per-neuron MLP input (no down projection named, or a "
+                  "mixture of experts), so no neurons there"] if moe and "neurons" in kinds else [],
         "shards": {},
     }
     if previous is not None:

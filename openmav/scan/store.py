@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..capture.trace import replacing
 from ..errors import InputError
 from .merge import BlockTree, TopK
 
@@ -46,6 +45,8 @@ def read_manifest(folder: Path) -> dict | None:
 
 
 def write_manifest(folder: Path, manifest: dict) -> None:
+    from ..capture.trace import replacing
+
     with replacing(folder / MANIFEST) as tmp:
         tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True), encoding="utf-8")
 
@@ -94,6 +95,8 @@ def save_shard(path: Path, tree: BlockTree, topk: dict[str, TopK], windows: dict
         arrays[f"win|{name}"] = value
     buffers, index = _pack(arrays)
     header = {**info, "index": index}
+    from ..capture.trace import replacing
+
     path.parent.mkdir(parents=True, exist_ok=True)
     with replacing(path) as tmp:
         with open(tmp, "wb") as fh:
