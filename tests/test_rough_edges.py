@@ -106,13 +106,17 @@ def test_mav_models_reasons_whole_when_piped_and_cut_at_a_word_in_a_terminal(cap
     piped = _models_lines(capsys, "--failing")[1:]
     for r, line in zip(failing, piped):
         assert line.endswith(r["reason"])
+    starts = {len(line) - len(r["reason"]) for r, line in zip(failing, piped)}
+    assert len(starts) == 1  # every reason starts in one column
+    start = starts.pop()
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
     monkeypatch.setattr("shutil.get_terminal_size", lambda *a, **k: os.terminal_size((100, 30)))
     shown = _models_lines(capsys, "--failing")[1:]
+    assert any(not line.endswith(r["reason"]) for r, line in zip(failing, shown))
     for r, line in zip(failing, shown):
         assert len(line) <= 100
         if not line.endswith(r["reason"]):
-            kept = line[line.index(r["reason"].split()[0]):].removesuffix("…").rstrip()
+            kept = line[start:].removesuffix("…").rstrip()
             assert r["reason"].startswith(kept) and r["reason"][len(kept)] == " ", (kept, r["reason"])
 
 
