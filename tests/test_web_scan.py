@@ -127,12 +127,12 @@ def test_unit_page_equals_the_scan(client, scan):
 
 def test_histogram_bins_follow_the_fixed_edges():
     bins = histogram_bins(range(len(EDGES) + 1))
-    assert bins[0]["lo"] is None and bins[0]["hi"] == -1e4 and bins[0]["label"] == "below −10k"
-    assert bins[-1]["hi"] is None and bins[-1]["label"] == "10k and above"
-    middle = next(b for b in bins if b["lo"] == 0.0)
-    assert middle["label"] == "0 to 1e-3" and middle["hi"] == pytest.approx(1e-3)
+    assert bins[0]["lo"] is None and bins[0]["hi"] == -2.0 ** 14 and bins[0]["label"].startswith("below ")
+    assert bins[-1]["hi"] is None and bins[-1]["lo"] == 2.0 ** 14 and bins[-1]["label"].endswith(" and above")
+    middle = bins[len(bins) // 2]  # |x| < 2^-10, zero inside
+    assert middle["lo"] == pytest.approx(-2.0 ** -10) and middle["hi"] == pytest.approx(2.0 ** -10)
     assert [b["lo"] for b in bins[1:]] == pytest.approx([float(e) for e in EDGES])
-    assert any(b["label"] == "0.1 to 0.18" for b in bins)
+    assert [b["count"] for b in bins] == list(range(len(EDGES) + 1))
 
 
 def test_token_search_finds_the_units_that_fire_on_it(client, scan):
