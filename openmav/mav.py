@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from .errors import InputError
+from .rules import Callback
 from .view.options import SCALES, ViewOptions
 from .view.panels.registry import make_panels, needed_captures
 
@@ -222,7 +223,7 @@ def MAV(model: str | None = None, prompt: str | None = None, max_new_tokens: int
         tokenizer_obj=None, selected_panels=None, num_grid_rows: int | None = None, external_panels=None,
         aggregation: str = "l2", format: str = "auto", record: str | None = None, dtype: str = "float32",
         console=None, keys=None, threads: int | None = None, device_map=None, offload_folder: str | None = None,
-        quantization: str | None = None, reverify: bool = False) -> MAVResult:
+        quantization: str | None = None, reverify: bool = False, on_loaded=None) -> MAVResult:
     """Run the live view on ``model`` (default: the bundled SmolLM2-135M) continuing ``prompt``.
 
     ``temp`` 0 is greedy; ``top_k``/``top_p``/``min_p``/``repetition_penalty`` act as in
@@ -237,6 +238,8 @@ def MAV(model: str | None = None, prompt: str | None = None, max_new_tokens: int
     :func:`~openmav.backends.loading.load_model` (a model bigger than one device, 8/4-bit).
     ``reverify``: verify the model's parts again even where a verdict for this model and library
     version is remembered (``--verify``).
+    ``on_loaded``: called with no arguments once the model is loaded, before the first token (the ``mav``
+    command resumes Python's garbage collector there: :func:`openmav.cli.live.resume_collector`).
     Returns a :class:`MAVResult`.
     """
     from .processors.state_fetcher import StateFetcher
@@ -244,6 +247,7 @@ def MAV(model: str | None = None, prompt: str | None = None, max_new_tokens: int
 
     check_mav_args(model, prompt, max_new_tokens, refresh_rate, interactive, temp, top_k, top_p, min_p,
                    repetition_penalty, seed, num_grid_rows, record, reverify)
+    Callback().check("on_loaded", on_loaded)
     if format not in FORMATS:
         raise InputError(f"unknown format {format!r}: use one of {', '.join(FORMATS)}")
     if aggregation not in AGGREGATIONS or scale not in SCALES:
@@ -267,6 +271,8 @@ def MAV(model: str | None = None, prompt: str | None = None, max_new_tokens: int
         be = _load_backend(model, device, seed, model_obj, tokenizer_obj, dtype, backend,
                            {"device_map": device_map, "offload_folder": offload_folder, "quantization": quantization,
                             "reverify": reverify})
+        if on_loaded is not None:
+            on_loaded()
         # the panels scale per panel themselves; the processor's *_normalized fields (for plugins) stay linear
         fetcher = StateFetcher(be, max_new_tokens, aggregation, "linear" if scale == "auto" else scale,
                                capture_config(panels, record_everything=False,

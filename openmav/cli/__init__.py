@@ -88,12 +88,17 @@ def entry() -> None:
     Importing torch and transformers and loading a model create some 400,000 objects that live as long as
     the process; with Python's default thresholds the garbage collector went over them about a thousand
     times on the way to the first token, full collections included (a sixth of that time's CPU, about
-    1 s of 6 on a busy 2-core machine).  :data:`THRESHOLDS` lets the young generation grow first
-    (35 collections, 0.2 s); garbage in cycles is still collected all along.  The objects left at the
-    end (torch's and transformers' modules, the model) are moved out of the collector's reach before
-    exiting (``gc.freeze``): the interpreter's last collection over them took about a second after the
-    output was complete, while exit handlers and module teardown still run."""
+    1 s of 6 on a busy 2-core machine).  Every command runs with :data:`THRESHOLDS`, which let the young
+    generation grow first (35 collections, 0.2 s, to the live view's first token); the live view goes
+    further: the collector is paused until its model is loaded, then what is alive is frozen and
+    collection resumes (:func:`openmav.cli.live.resume_collector`; no collection before the first
+    token).  Garbage in cycles made after that is collected all along.  The objects left at the end
+    are moved out of the collector's reach before exiting (``gc.freeze``): the interpreter's last
+    collection over them took about a second after the output was complete, while exit handlers and
+    module teardown still run."""
     gc.set_threshold(*THRESHOLDS)
+    if _module_for(sys.argv[1:])[0] == LIVE:
+        gc.disable()  # until the model is loaded (the live view resumes it)
     code = main()
     gc.freeze()
     sys.exit(code)

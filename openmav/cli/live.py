@@ -110,8 +110,20 @@ def refresh_rate(value: float) -> float:
     return math.inf if value == 0 else value
 
 
+def resume_collector() -> None:
+    """Once the model is loaded, where the console script paused the garbage collector
+    (:func:`openmav.cli.entry`): what is alive now, torch's and transformers' modules and the model,
+    lives as long as the process, so it is moved out of the collector's reach (``gc.freeze``) and
+    collection resumes for what the run makes from here."""
+    import gc
+
+    gc.freeze()
+    gc.enable()
+
+
 def run(args) -> int:
     """Load the model and show the live view; flags were checked by :func:`openmav.cli.validate.check_args`."""
+    import gc
     import sys
 
     from ..errors import InputError
@@ -130,7 +142,8 @@ def run(args) -> int:
                  device=args.device, scale=args.scale, backend=args.backend, seed=args.seed,
                  selected_panels=args.selected_panels, num_grid_rows=args.num_grid_rows,
                  aggregation=args.aggregation, format=args.format, record=args.record, dtype=args.dtype,
-                 threads=args.threads, **loading_kwargs(args))
+                 threads=args.threads, on_loaded=None if gc.isenabled() else resume_collector,
+                 **loading_kwargs(args))
     if args.record:  # MAV wrote it beside the target and renamed it into place
         n = len(result.measurements)
         print(f"mav: saved {n} step{'s' if n != 1 else ''} to {args.record} (mav replay {args.record} shows them)",
