@@ -131,9 +131,49 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "reformer": {"axial_pos_embds_dim": [16, 48], "axial_pos_shape": [16, 32]},
     # adapters per language: the forward needs to know which one
     "xmod": {"default_language": "en_XX"},
+    # per-layer lists of layer indices (which layer's keys and values a layer reads): sliding layers, then one
+    # indexed-attention layer that indexes and keeps its own keys and values
+    "kolibri1_1": {"layer_types": lambda depth: ["sliding_attention"] * (depth - 1) + ["indexed_attention"],
+                   "index_layers": lambda depth: [depth - 1], "kv_source_layers": lambda depth: list(range(depth)),
+                   "mlp_only_layers": [0], "index_num_heads": 2},
     # the default indexed-attention layers need the optional sparse-attention indexer sizes
     "qwen4_exp_text": QSA,
     "qwen4_exp": {"text_config." + k: v for k, v in QSA.items()},
+}
+
+# The settings released checkpoints ship where they differ from transformers' defaults: residual, embedding and
+# logit multipliers, stream rescaling, window and hybrid layer patterns, parallel or post-LN variants, soft-caps.
+# The sweep's second build (REAL_DEPTH layers) applies them after shrinking (a callable gets the depth), so a type
+# passes only if the engine reads what real checkpoints do, deeper than two layers.  Values are those of the
+# checkpoint named; patterns are scaled to the depth.
+REAL_DEPTH = 4
+GRANITE = {"embedding_multiplier": 12.0, "logits_scaling": 8.0, "residual_multiplier": 0.22,
+           "attention_multiplier": 0.015625}  # granite-3.0-2b
+REAL_SETTINGS: dict[str, dict[str, Any]] = {
+    # RWKV-4 halves the residual after every 6th of 24 blocks in eval mode: twice in four blocks here
+    "rwkv": {"rescale_every": 2},
+    # Falcon-H1-0.5B: muP multipliers on every path into and out of the residual, and on the logits
+    "falcon_h1": {"attention_in_multiplier": 1.0, "attention_out_multiplier": 0.9375,
+                  "embedding_multiplier": 5.656854249492381, "key_multiplier": 0.390625,
+                  "lm_head_multiplier": 0.0390625, "mlp_multipliers": [0.8838834764831844, 0.5859375],
+                  "ssm_in_multiplier": 1.25, "ssm_multipliers": [0.3535533905932738, 0.25, 0.3535533905932738, 0.5,
+                                                                  0.3535533905932738],
+                  "ssm_out_multiplier": 0.23570226039551587},
+    "granite": GRANITE, "granitemoe": GRANITE, "granitemoeshared": GRANITE, "granitemoehybrid": GRANITE,
+    "cohere2": {"logit_scale": 0.25},  # c4ai-command-r7b
+    # MiniMax-Text-01: seven lightning-attention layers to one softmax layer, residual alpha (2 * 80 layers) ** 0.25
+    "minimax": {"layer_types": lambda depth: ["linear_attention"] * (depth - 1) + ["full_attention"],
+                "full_attn_alpha_factor": 3.5565588200778455, "linear_attn_alpha_factor": 3.5565588200778455,
+                "mlp_alpha_factor": 3.5565588200778455},
+    # Jamba: attention every 8th layer from the 4th, experts every 2nd from the 1st
+    "jamba": {"attn_layer_period": 4, "attn_layer_offset": 2, "expert_layer_period": 2, "expert_layer_offset": 1},
+    # stablelm-2-12b: parallel residual and per-head query/key norms
+    "stablelm": {"use_parallel_residual": True, "qk_layernorm": True},
+    # falcon-40b: the new decoder architecture, grouped key/value heads
+    "falcon": {"new_decoder_architecture": True, "num_kv_heads": 2},
+    # opt-350m: post-LayerNorm blocks and a narrower embedding projected in and out
+    "opt": {"do_layer_norm_before": False, "word_embed_proj_dim": 32},
+    "dots1": {"first_k_dense_replace": 1, "routed_scaling_factor": 2.5},
 }
 
 # causal-LM types that plain transformers cannot build and run even with a sane tiny config
@@ -431,13 +471,15 @@ def shrink(config, vocab_size: int | None = None, depth: int = 2) -> None:
     config.__dict__.update(new.__dict__)
 
 
-def tiny_config_for_type(model_type: str, vocab_size: int = 400, depth: int = 2):
-    """A shrunk instance of the config class registered for ``model_type``."""
+def tiny_config_for_type(model_type: str, vocab_size: int = 400, depth: int = 2, real: bool = False):
+    """A shrunk instance of the config class registered for ``model_type``; ``real``: with the settings its
+    released checkpoints use (:data:`REAL_SETTINGS`)."""
     from transformers import CONFIG_MAPPING
 
     cls = CONFIG_MAPPING[model_type]
     d = shrink_dict(cls().to_dict(), cls, vocab_size, depth)
-    for path, value in OVERRIDES.get(model_type, {}).items():
+    settings = {**OVERRIDES.get(model_type, {}), **(REAL_SETTINGS.get(model_type, {}) if real else {})}
+    for path, value in settings.items():
         _set_path(d, path, value(depth) if callable(value) else value)
     if "tie_word_embeddings" in d:
         d["tie_word_embeddings"] = False

@@ -64,7 +64,7 @@ def ids_of(lm, text=PROMPT):
     return lm.tokenizer(text, return_tensors="pt").input_ids
 
 
-def manual_edit(lm, kind, head, clean_x, positions=None, factor=0.5, threshold=0.05, seed=3):
+def manual_edit(lm, kind, head, clean_x, positions=None, factor=0.5, threshold=0.3, seed=3):
     c = cols(lm, head)
 
     def edit(x):
@@ -97,7 +97,7 @@ def test_each_kind_equals_hand_recomputation_llama(tiny, kind, positions):
     ids = ids_of(lm)
     layer, head = (1 if positions is None else 0), 2  # a later position only reaches the last one via layer 1
     clean = clean_inputs(lm, ids)
-    a = HeadAblation(layer, head, kind, factor=0.5, threshold=0.05, positions=positions, seed=3)
+    a = HeadAblation(layer, head, kind, factor=0.5, threshold=0.3, positions=positions, seed=3)
     got = ablated_logits(lm, ids, [a])
     want = by_hand(lm, ids, {layer: manual_edit(lm, kind, head, clean[layer], positions)})
     base = by_hand(lm, ids, {})

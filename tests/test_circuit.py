@@ -135,7 +135,7 @@ def planted():
     neutral direction in `` to``'s embedding keeps the final norm from amplifying L0 H2's
     direct write.
     """
-    lm = tiny_model("llama", seed=3, n_layers=2, dtype=torch.float64)
+    lm = tiny_model("llama", seed=3, n_layers=2, dtype=torch.float64, spread=False)  # quiet around the plants
     p, d = lm.parts, lm.parts.head_dim
     width = lm.model.config.hidden_size
     mary, john, to = single_token(lm, " Mary"), single_token(lm, " John"), single_token(lm, " to")

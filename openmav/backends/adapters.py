@@ -37,6 +37,13 @@ class BlockShape:
     (pre-norm, parallel and post-norm sub-blocks alike; ``s`` is the residual scale),
     or ``"post_ln"``: ``resid_post = mlp_norm(attn_norm(resid_pre + attn_out) + mlp_out)``
     (the original Transformer's post-LayerNorm: BERT, BART, GPT-1).
+
+    Both are cases of one sum, which :func:`openmav.backends.verify.compose` computes for every row:
+    ``mid = attn_norm(k_a * resid_pre + s_a * attn_out + sum_j s_j * attn_extra_j)``, then
+    ``resid_post = mlp_norm(k_m * mid + s_m * mlp_out + sum_j s_j * mlp_extra_j)``, and the next block
+    receives ``c * resid_post``; a norm that is absent is the identity, each multiplier is one unless
+    the row names it (a config attribute, a value found by least squares and verified, or a gate
+    module's per-dimension factors), and the engine's residual after the block is ``c * resid_post``.
     """
 
     name: str
@@ -58,6 +65,12 @@ SHAPES = {s.name: s for s in (
                "projection: BLOOM"),
     BlockShape("post_ln", "post_ln", "{o_proj}", "{down_proj}",
                "the residual sum is normed after each sub-block: BERT-style and BART-style decoders, GPT-1"),
+    BlockShape("mid_norm", "post_ln", None, None,
+               "the block norms its input, then the residual again between attention and MLP, with multipliers on "
+               "both sides of each add: MiniMax"),
+    BlockShape("gated", "additive", None, None,
+               "each share joins through a gate module gate(branch, residual) with factors per dimension on both "
+               "(attn_gate, mlp_gate): Ergo, ZAYA"),
 )}
 
 
@@ -79,8 +92,8 @@ class FamilyAdapter:
     mlp_out: str | None = None
     attn_extra: tuple[str, ...] = ()  # more modules whose outputs join the attention's (a parallel mixer)
     mlp_extra: tuple[str, ...] = ()  # more modules whose outputs join the MLP's (a shared expert, per-layer inputs)
-    attn_norm: str | None = None  # post_ln only: the norm after the attention sum
-    mlp_norm: str | None = None  # post_ln only: the norm after the MLP sum
+    attn_norm: str | None = None  # the norm after the attention sum (post_ln; MiniMax's post-attention norm)
+    mlp_norm: str | None = None  # the norm after the MLP sum (post_ln)
     mixers: tuple[str, ...] = ()  # non-attention token mixers of hybrid layers
     attention_layers: tuple[int, ...] | None = None  # inferred rows: the layers whose attention returns weights
     skip_layers: tuple[int, ...] = ()  # blocks that text-only input skips (Mllama's cross-attention layers)
@@ -93,6 +106,16 @@ class FamilyAdapter:
     residual_scale_attr: str | None = None  # Granite: residual_multiplier
     residual_scale: float | None = None  # inferred rows: a multiplier found by least squares and then verified
     mlp_residual_scale: float | None = None  # inferred rows: the MLP's, where it differs
+    # inferred rows: multipliers found by least squares on a perturbed forward, then verified (see parts.py)
+    attn_scales: tuple[float, ...] = ()  # per layer: the attention's (or mixer's) multiplier where depth sets it
+    mlp_scales: tuple[float, ...] = ()  # per layer: the MLP's
+    extra_scales: tuple[float, ...] = ()  # per module of attn_extra, then of mlp_extra: its own multiplier
+    attn_keeps: tuple[float, ...] = ()  # per layer: what multiplies the residual where the attention's share joins
+    mlp_keeps: tuple[float, ...] = ()  # per layer: the same where the MLP's share joins
+    stream_scales: tuple[float, ...] = ()  # per layer: what multiplies the residual after the block (RWKV halves it)
+    attn_gate: str | None = None  # a block module gate(branch, residual) adding the attention's share per dimension
+    mlp_gate: str | None = None  # the same for the MLP's share (Ergo's residual gates)
+    logit_scale: float | None = None  # inferred rows: a logit multiplier no config attribute names
     logit_scale_attr: str | None = None  # Cohere: logits * logit_scale
     logit_divisor_attr: str | None = None  # Granite: logits / logits_scaling
     softcap_attr: str | None = "final_logit_softcapping"

@@ -73,7 +73,7 @@ def _find_and_verify(model, verify: bool) -> ModelParts:
     except Exception as exc:  # noqa: BLE001 - reported as one line below
         failures.append(f"inferred adapter: {_reason(exc)}")
     raise UnsupportedModelError(f"{type(model).__name__} ({model_type}) cannot be read safely: "
-                                f"{'; '.join(failures)}. Try --dtype float32, or report the model type")
+                                f"{'; '.join(failures)}. {_advice(model, failures)}")
 
 
 def _checked(model, parts: ModelParts, reference) -> ModelParts:
@@ -84,6 +84,21 @@ def _checked(model, parts: ModelParts, reference) -> ModelParts:
 
     rows, cached = check_steps(model, parts, reference)
     return replace(parts, cached_steps=cached, rows_function=rows)
+
+
+HALF = ("float16", "bfloat16")
+NUMERIC = ("relative error", "differs from", "do not sum to")  # failures a lower precision's rounding can cause
+
+
+def _advice(model, failures: list[str]) -> str:
+    """What to try after a refusal: float32 only where the model runs in half precision and a check failed by
+    its numbers (rounding can be the cause); otherwise nothing about dtype."""
+    param = next(model.parameters(), None)
+    half = param is not None and str(param.dtype).removeprefix("torch.") in HALF
+    if half and any(word in f for f in failures for word in NUMERIC):
+        dtype = str(param.dtype).removeprefix("torch.")
+        return f"Its weights are {dtype}: try --dtype float32, or report the model type"
+    return "Report the model type if it should be read"
 
 
 def _reason(exc: Exception) -> str:

@@ -23,12 +23,13 @@ like any declared row.
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import torch
 
 from ..errors import UnsupportedModelError
-from .adapters import FamilyAdapter
-from .parts import N_HEADS_ATTRS, N_LAYERS_ATTRS, SOFTCAP_ATTRS, config_int, text_config
+from .adapters import FamilyAdapter, find_module
+from .parts import N_HEADS_ATTRS, N_LAYERS_ATTRS, SOFTCAP_ATTRS, ModelParts, config_int, push_hook, text_config
 from .probe import probe_forward
 
 SKIP_TOWERS = ("vision", "visual", "image", "audio", "speech", "vq", "patch", "img", "mtp")
@@ -38,7 +39,8 @@ DOWN_NAMES = ("down_proj", "c_proj", "fc2", "fc_out", "dense_4h_to_h", "w2", "wo
 MLP_WORDS = ("mlp", "feed_forward", "ffn", "moe", "ff", "experts", "feedforward")
 SCALE_ATTRS = ("residual_multiplier",)
 LOGIT_SCALES = (("logit_scale", None), (None, "logits_scaling"), (None, "output_multiplier_scale"),
-                (None, "logits_mup_width_multiplier"), ("logits_mup_width_multiplier", None))
+                (None, "logits_mup_width_multiplier"), ("logits_mup_width_multiplier", None),
+                ("lm_head_multiplier", None))
 
 
 def _linear_out(module) -> int | None:
@@ -100,7 +102,8 @@ def infer_adapter(model) -> FamilyAdapter:
     blocks_path = _blocks_path(model, config_int(tcfg, *N_LAYERS_ATTRS))
     blocks = list(model.get_submodule(blocks_path))
     try:
-        run = probe_forward(model, list(model.modules()), inputs_of=blocks)
+        norms = [c for b in blocks for c in b.children() if _is_norm(c)]
+        run = probe_forward(model, list(model.modules()), inputs_of=[*blocks, *norms])
     except Exception as exc:
         raise UnsupportedModelError(f"the probe forward failed ({type(exc).__name__})") from exc
     skipped = tuple(i for i, b in enumerate(blocks) if b not in run.outputs)
@@ -108,12 +111,15 @@ def infer_adapter(model) -> FamilyAdapter:
         raise UnsupportedModelError(f"the blocks {blocks_path!r} did not run on text input")
     ran = [b for b in blocks if b in run.outputs]  # Mllama's cross-attention layers skip text-only input
     hidden = hidden or run.outputs[ran[0]].shape[-1]
+    _refuse_streams(ran[0], run, config_int(tcfg, "hidden_size", "n_embd", "d_model"))
     attn_paths, mixer_paths, attention_layers = set(), set(), []
     first_attn, n_heads = None, None
     for i, b in enumerate(blocks):
         if i in skipped:
             continue
-        pattern = next((m for m in b.modules() if m in run.weights and m is not b), None)
+        seq = run.ids.shape[1]  # attention weights are [b, h, q, k]; a linear attention's state [b, h, d, d] is not
+        pattern = next((m for m in b.modules() if m in run.weights and m is not b
+                        and tuple(run.weights[m].shape[-2:]) == (seq, seq)), None)
         if pattern is not None:
             attn_paths.add(_rel(pattern, b))
             first_attn = first_attn or b
@@ -136,9 +142,13 @@ def infer_adapter(model) -> FamilyAdapter:
     else:
         moe = False
     resid_in = None
+    gates = _gate_search(model, ref, run)
     try:
-        shape, a_out, m_out, norms, scale_attr = _sub_block_outputs(model, ref, run, hidden, attn_path, o_proj,
-                                                                     mlp_path, down, tcfg)
+        if gates is not None:  # shares that join through gate modules (per-dimension factors on both sides)
+            shape, a_out, m_out, norms, scale_attr = "gated", gates[0], gates[2], (None, None), None
+        else:
+            shape, a_out, m_out, norms, scale_attr = _sub_block_outputs(model, ref, run, hidden, attn_path, o_proj,
+                                                                         mlp_path, down, tcfg)
     except UnsupportedModelError:
         # a block that norms its own input first (RWKV's first block): the residual starts after that norm
         for name, child in ref.named_children():
@@ -175,15 +185,17 @@ def infer_adapter(model) -> FamilyAdapter:
         skip_layers=skipped,
         attn_norm=norms[0], mlp_norm=norms[1], mixers=tuple(sorted(mixer_paths)),
         n_heads=n_heads, n_heads_attr=next((a for a in N_HEADS_ATTRS if config_int(tcfg, a)), "num_attention_heads"),
-        residual_scale_attr=scale_attr if isinstance(scale_attr, str) else None,
+        residual_scale_attr=scale_attr if isinstance(scale_attr, str) and scale_attr != "fitted" else None,
         residual_scale=scale_attr[0] if isinstance(scale_attr, tuple) else scale_attr if isinstance(scale_attr, float)
         else None, mlp_residual_scale=scale_attr[1] if isinstance(scale_attr, tuple) and
         abs(scale_attr[1] - scale_attr[0]) > 1e-6 else None, attention_layers=tuple(attention_layers),
         logit_scale_attr=logit_attrs[0], logit_divisor_attr=logit_attrs[1], softcap_attr=logit_attrs[2],
+        logit_scale=logit_attrs[3], attn_gate=gates[1] if gates else None, mlp_gate=gates[3] if gates else None,
         sinks=any("sink" in n for b in blocks for n, _ in b.named_parameters()), moe=moe,
         notes="inferred from the module tree",
     )
-    return row
+    row = _regroup(row, ref, run)
+    return _fit_multipliers(model, row, run)
 
 
 def _mixer_path(block, run, hidden: int) -> str:
@@ -242,6 +254,9 @@ def _sub_block_outputs(model, block, run, hidden, attn_path, o_proj, mlp_path, d
     found = _pair_search(run, named, pre, post, delta, tol, a_cands, m_cands, attn_path, mlp_path)
     if found is not None:
         return found
+    found = _mid_norm_search(run, named, norms, pre, post, tol, a_cands, m_cands)
+    if found is not None:
+        return found
     for a, m in itertools.product(a_cands, m_cands[1:]):
         for n1, n2 in itertools.permutations(norms, 2):
             with torch.no_grad():
@@ -269,11 +284,27 @@ def _fit_scales(a: torch.Tensor, m: torch.Tensor | None, delta: torch.Tensor, to
     return sa, sm
 
 
+def _lstsq(cols: list, target: torch.Tensor, tol: float):
+    """Least-squares coefficients with ``sum c_i cols_i == target`` within ``tol``, else ``None``."""
+    x = torch.stack([c.flatten().double() for c in cols], 1)
+    y = target.flatten().double()
+    try:
+        coef = torch.linalg.lstsq(x, y.unsqueeze(1)).solution[:, 0]
+    except RuntimeError:
+        return None
+    if not torch.isfinite(coef).all() or float((x @ coef - y).abs().max()) > tol:
+        return None
+    return [float(c) for c in coef]
+
+
 def _pair_search(run, named, pre, post, delta, tol, a_cands, m_cands, attn_path, mlp_path):
     """Sub-blocks whose contribution is the sum of two modules (a mixer beside attention, a shared
-    expert beside the MoE, per-layer inputs beside the MLP): pairs of direct children.
+    expert beside the MoE, per-layer inputs beside the MLP), each with a multiplier of its own
+    (Falcon-H1's attention and mixer multipliers), and a residual that decays where a share joins
+    it (depth-scaled adds): pairs of direct children, multipliers by least squares.
 
-    Returns ``(shape, attn_out, mlp_out, norms, scale)`` with ``+``-joined paths, or ``None``.
+    Returns ``(shape, attn_out, mlp_out, norms, "fitted")`` with ``+``-joined paths, or ``None``;
+    the multipliers themselves are read per layer on a pushed forward (:func:`_fit_multipliers`).
     """
     direct = [n for n in named if "." not in n]
     outs = {n: run.outputs[named[n]] for n in named}
@@ -283,17 +314,284 @@ def _pair_search(run, named, pre, post, delta, tol, a_cands, m_cands, attn_path,
         pairs = [(x, y) for x, y in itertools.combinations([c for c in cands if c in direct], 2)]
         return singles + pairs
 
-    for a in options(a_cands):
-        total_a = sum(outs[x] for x in a)
-        for m in [None, *options(m_cands)]:
-            if m is not None and set(m) & set(a):
-                continue
-            total = total_a + (0 if m is None else sum(outs[x] for x in m))
-            s = float((total * delta).sum() / (total * total).sum().clamp_min(1e-30))
-            if s > 0 and float((s * total - delta).abs().max()) <= tol:
-                scale = None if abs(s - 1.0) < 1e-6 else s
-                return ("pre_norm", "+".join(a), None if m is None else "+".join(m), (None, None), scale)
+    for keep in (False, True):
+        for a in options(a_cands):
+            for m in [None, *options(m_cands)]:
+                if m is not None and set(m) & set(a):
+                    continue
+                cols = [outs[x] for x in (*a, *(m or ()))]
+                coef = _lstsq(cols + [pre] if keep else cols, post if keep else delta, tol)
+                if coef is not None and all(c > MIN_SHARE for c in coef):
+                    return (_shape_name(a[0], m and m[0], attn_path, mlp_path), "+".join(a),
+                            None if m is None else "+".join(m), (None, None), "fitted")
     return None
+
+
+def _gate_search(model, block, run):
+    """``(attn_out, attn_gate, mlp_out, mlp_gate)`` where the block's shares join through two gate modules, each
+    called as ``gate(branch, residual)`` on residual-shaped tensors (Ergo, ZAYA); ``None`` otherwise.  The
+    branch is the module whose output is the gate's first argument."""
+    post = run.outputs.get(block)
+    args = {}
+
+    def keep(mod, a, kw):
+        tensors = [x for x in (*a, *kw.values()) if isinstance(x, torch.Tensor)]
+        if len(tensors) >= 2 and all(t.shape == post.shape for t in tensors[:2]):
+            args[mod] = tensors[0].detach().float().clone()
+
+    # a gate holds per-dimension weights of its own and no sub-modules (BLOOM's attention and MLP take the
+    # residual too, but are projections)
+    children = [c for c in block.children() if c in run.outputs and run.outputs[c].shape == post.shape
+                and next(c.children(), None) is None and next(c.parameters(recurse=False), None) is not None]
+    if len(children) < 2:
+        return None
+    handles = [c.register_forward_pre_hook(keep, with_kwargs=True) for c in children]
+    try:
+        probe_forward(model, output_attentions=False, ids=run.ids)
+    except Exception:  # noqa: BLE001 - not a block of gates
+        return None
+    finally:
+        for h in handles:
+            h.remove()
+    gates = sorted((c for c in children if c in args and c in run.order), key=run.order.index)
+    if len(gates) != 2:
+        return None
+    names = {m: n for n, m in block.named_modules()}
+
+    def source(t):  # the module of the block whose output is the branch
+        tol = 1e-6 * max(1.0, float(t.abs().max()))
+        for name, m in block.named_modules():
+            out = run.outputs.get(m)
+            if name and m not in gates and out is not None and out.shape == t.shape and \
+                    float((out - t).abs().max()) <= tol:
+                return name
+        return None
+
+    branches = [source(args[g]) for g in gates]
+    if None in branches:
+        return None
+    return branches[0], names[gates[0]], branches[1], names[gates[1]]
+
+
+def _mid_norm_search(run, named, norms, pre, post, tol, a_cands, m_cands):
+    """A residual normed between the two sub-blocks (MiniMax): a norm of the block whose input is
+    ``k_a * pre + s_a * attn`` and whose output, times ``k_m``, plus ``s_m * mlp`` is the block's output
+    (multipliers by least squares, then per layer on the pushed forward).  ``(shape, attn_out, mlp_out,
+    (attn_norm, None), "fitted")`` or ``None``."""
+    for n, norm in norms.items():
+        x, y = run.inputs.get(norm), run.outputs.get(norm)
+        if x is None or x.shape != pre.shape:
+            continue
+        for a in a_cands:
+            if a == n or _lstsq([pre, run.outputs[named[a]]], x, tol) is None:
+                continue
+            for m in m_cands[1:]:
+                coef = _lstsq([y, run.outputs[named[m]]], post, tol)
+                if coef is not None and all(c > MIN_SHARE for c in coef):
+                    return "mid_norm", a, m, (n, None), "fitted"
+    return None
+
+
+def _refuse_streams(block, run, width: int | None = None) -> None:
+    """One line for blocks whose residual is several streams (hyper-connections): ``[b, p, n, d]``, or ``n``
+    streams of the model's width side by side ``[b, p, n * d]``."""
+    out = run.outputs.get(block)
+    n = out.shape[-2] if out is not None and out.dim() == 4 else None
+    if out is not None and out.dim() == 3 and width and out.shape[-1] > width and out.shape[-1] % width == 0:
+        n = out.shape[-1] // width
+    if n:
+        raise UnsupportedModelError(f"{type(block).__name__} carries {n} residual streams "
+                                    "(hyper-connections, mixed by learned weights in every block); the engine "
+                                    "reads one residual stream, with one norm and one lens per layer")
+
+
+def _regroup(row: FamilyAdapter, block, run) -> FamilyAdapter:
+    """A module beside the attention or the MLP joins the group it runs with: the attention's if it
+    finishes before the MLP starts (Falcon-H1's parallel mixer), else the MLP's (a shared expert,
+    per-layer inputs)."""
+    if not row.mlp or row.mlp_out is None or not (row.attn_extra or row.mlp_extra):
+        return row
+    mlp = block.get_submodule(row.mlp) if _has(block, row.mlp) else None
+    if mlp is None or not any(m in run.order for m in mlp.modules()):
+        return row
+    start = min(run.order.index(m) for m in mlp.modules() if m in run.order)
+    extras = [*row.attn_extra, *row.mlp_extra, *([row.mlp_out] if row.mlp_out != row.mlp and
+                                                 row.mlp_out.split(".")[0] != row.mlp else [])]
+    early = {p for p in extras if _has(block, p) and block.get_submodule(p) in run.order
+             and run.order.index(block.get_submodule(p)) < start}
+    if not early or row.mlp_out not in early and not early & set(row.mlp_extra):
+        return row
+    mlp_group = [p for p in (row.mlp_out, *row.mlp_extra) if p not in early]
+    if not mlp_group:
+        return row
+    attn_extra = tuple(dict.fromkeys([*row.attn_extra, *sorted(early & {row.mlp_out, *row.mlp_extra})]))
+    return replace(row, attn_extra=attn_extra, mlp_out=mlp_group[0], mlp_extra=tuple(mlp_group[1:]))
+
+
+def _has(block, path: str) -> bool:
+    try:
+        block.get_submodule(path)
+        return True
+    except AttributeError:
+        return False
+
+
+SNAP = 1e-5  # a fitted multiplier this close to one is one
+MIN_SHARE = 1e-3  # a share that joins the residual at less than this is not a share (a column least squares zeroed)
+
+
+def _clean(value: float) -> float:
+    return 1.0 if abs(value - 1.0) <= SNAP else float(f"{value:.7g}")
+
+
+def _fit_multipliers(model, row: FamilyAdapter, run, again: bool = True) -> FamilyAdapter:
+    """The row's multipliers, read per layer on a forward in which every share is pushed by a random
+    vector the block's size (so each is read at a size of its own, not at the size it has at random
+    initialisation): per layer, the least-squares coefficients of the block's input and of each
+    share in the block's output (the residual's keep factor and the shares' multipliers), and the
+    factor between a block's output and what comes next (the stream scale).  Rows with norms between
+    the sums (post-LN) keep what the search found; anything not fitted is left to the verification."""
+    try:
+        parts = ModelParts.resolve(model, row, inferred=True)
+    except UnsupportedModelError:
+        return row
+    layers = [i for i in range(parts.n_layers) if i not in parts.skipped_layers]
+    gen = torch.Generator().manual_seed(7)
+    pushes, n = {}, run.ids.shape[1]
+    loose = {i: parts.loose_children(i) for i in layers}
+    for i in layers:
+        post = run.outputs.get(parts.blocks[i])
+        if post is None or post.dim() != 3:
+            return row
+        size = float(post.pow(2).mean().sqrt()) or 1.0
+        for m in (*parts.shares(i), *loose[i]):
+            if m not in pushes:
+                pushes[m] = torch.randn(1, n, post.shape[-1], generator=gen) * size
+    final_in = parts.final_norm if parts.final_norm is not None else parts.unembed
+    firsts = [m for b in parts.blocks for m in [find_module(b, row.resid_in)] if m is not None]
+    handles = [m.register_forward_hook(push_hook(v)) for m, v in pushes.items()]
+    try:
+        mids = [m for m in parts.attn_norm if m is not None]
+        pushed = probe_forward(model, [*parts.blocks, *firsts, *pushes, *mids],
+                               inputs_of=[*parts.blocks, final_in, *mids], output_attentions=False, ids=run.ids)
+    except Exception:  # noqa: BLE001 - the verification will say what fails
+        return row
+    finally:
+        for h in handles:
+            h.remove()
+    fitted = {"attn_keeps": [], "attn_scales": [], "mlp_keeps": [], "mlp_scales": [], "extras": []}
+    mid_norm = row.attn_norm is not None and row.mlp_norm is None and not (row.attn_gate or row.mlp_gate)
+    plain = parts.compose == "additive" and all(x is None for x in parts.attn_norm + parts.mlp_norm) \
+        and not (row.attn_gate or row.mlp_gate)
+    for i in layers if plain or mid_norm else ():
+        found = _fit_layer(parts, pushed, i, loose[i], row.resid_in)
+        if found is None:
+            return row  # a share that does not join, or a residual that does not pass: the verification says which
+        if isinstance(found, list):  # a part the search missed (small in the model's own forward)
+            if not again:
+                return row
+            block = parts.blocks[i]
+            names = {m: n for n, m in block.named_children()}
+            grown = replace(row, mlp_extra=(*row.mlp_extra, *(names[m] for m in found))) \
+                if row.mlp_out is not None else replace(row, attn_extra=(*row.attn_extra, *(names[m] for m in found)))
+            return _fit_multipliers(model, _regroup(grown, block, run), run, again=False)
+        for key, value in found.items():
+            fitted[key].append(value)
+    changes = {}
+    if fitted["attn_scales"]:
+        changes = _compress(row, parts, layers, fitted)
+    stream = []
+    for a, b in zip(layers, layers[1:] + [None]):
+        out = pushed.outputs.get(parts.blocks[a])
+        nxt = pushed.inputs.get(parts.blocks[b]) if b is not None else pushed.inputs.get(final_in)
+        if out is None or nxt is None or nxt.shape != out.shape:
+            stream.append(1.0)
+            continue
+        c = _lstsq([out], nxt, 1e-4 * max(1.0, float(nxt.abs().max())))
+        stream.append(_clean(c[0]) if c is not None else 1.0)
+    if any(c != 1.0 for c in stream):
+        full = [1.0] * parts.n_layers
+        for i, c in zip(layers, stream):
+            full[i] = c
+        changes["stream_scales"] = tuple(full)
+    return replace(row, **changes) if changes else row
+
+
+def _fit_layer(parts: ModelParts, pushed, i: int, loose: list, resid_in: str | None):
+    """Layer ``i``'s multipliers on the pushed forward, by least squares: ``{"attn_keeps", "attn_scales",
+    "mlp_keeps", "mlp_scales", "extras"}``; a list of unread children that join the residual; or ``None``.
+
+    Without a norm between the sub-blocks, ``post = k * pre + sum s_j * share_j`` (one keep factor: where the
+    residual decays at both adds, the attention's multiplier is its share of the block's output); with one
+    (MiniMax), the norm's input is ``k_a * pre + s_a * attn`` and ``post = k_m * norm(.) + s_m * mlp``."""
+    block = parts.blocks[i]
+    first = find_module(block, resid_in)
+    pre = pushed.outputs.get(first) if first is not None and first in pushed.outputs else pushed.inputs.get(block)
+    post = pushed.outputs.get(block)
+    a_mods = [parts.attn_out[i], *parts.attn_extra[i]]
+    m_mods = [*([parts.mlp_out[i]] if parts.mlp_out[i] is not None else []), *parts.mlp_extra[i]]
+    cols = [pushed.outputs.get(m) for m in a_mods + m_mods]
+    if pre is None or post is None or pre.shape != post.shape or any(c is None or c.shape != post.shape
+                                                                     for c in cols):
+        return None
+    a_cols, m_cols = cols[:len(a_mods)], cols[len(a_mods):]
+    norm = parts.attn_norm[i]
+    if norm is not None:
+        x, y = pushed.inputs.get(norm), pushed.outputs.get(norm)
+        if x is None or y is None:
+            return None
+        ca = _lstsq([pre, *a_cols], x, 1e-4 * max(1.0, float(x.abs().max())))
+        cm = _lstsq([y, *m_cols], post, 1e-4 * max(1.0, float(post.abs().max())))
+        if ca is None or cm is None or any(c <= MIN_SHARE for c in (*ca, *cm[1:])):
+            return None
+        ca, cm = [_clean(c) for c in ca], [_clean(c) for c in cm]
+        return {"attn_keeps": ca[0], "attn_scales": ca[1], "mlp_keeps": cm[0],
+                "mlp_scales": cm[1] if m_cols else 1.0, "extras": (*ca[2:], *cm[2:])}
+    others = [m for m in loose if m in pushed.outputs and pushed.outputs[m].shape == post.shape]
+    coef = _lstsq([pre, *cols, *(pushed.outputs[m] for m in others)], post, 1e-4 * max(1.0, float(post.abs().max())))
+    if coef is None:
+        return None
+    joined = [m for m, c in zip(others, coef[1 + len(cols):]) if abs(c) > SNAP]
+    if joined:
+        return joined
+    if any(c <= MIN_SHARE for c in coef[:1 + len(cols)]):
+        return None
+    coef = [_clean(c) for c in coef[:1 + len(cols)]]
+    n_a = len(a_mods)
+    return {"attn_keeps": coef[0], "attn_scales": coef[1], "mlp_keeps": 1.0,
+            "mlp_scales": coef[1 + n_a] if m_cols else coef[1], "extras": (*coef[2:1 + n_a], *coef[2 + n_a:])}
+
+
+def _compress(row: FamilyAdapter, parts: ModelParts, layers: list, fitted: dict) -> dict:
+    """The fitted multipliers as the row keeps them: one value where every layer has it, else per layer."""
+    n = parts.n_layers
+
+    def per_layer(values, default=1.0):
+        full = [default] * n
+        for i, v in zip(layers, values):
+            full[i] = v
+        return tuple(full)
+
+    def same(values) -> bool:
+        return all(abs(v - values[0]) <= SNAP * max(1.0, abs(values[0])) for v in values)
+
+    changes = {}
+    for key in ("attn_keeps", "mlp_keeps"):
+        if any(k != 1.0 for k in fitted[key]):
+            changes[key] = per_layer(fitted[key])
+    a, m = fitted["attn_scales"], fitted["mlp_scales"]
+    if same(a) and same(m):
+        changes["residual_scale"] = None if a[0] == 1.0 else a[0]
+        changes["mlp_residual_scale"] = None if same([a[0], m[0]]) else m[0]
+        changes["residual_scale_attr"] = None
+    else:
+        changes["attn_scales"], changes["mlp_scales"] = per_layer(a), per_layer(m)
+        changes["residual_scale"], changes["mlp_residual_scale"], changes["residual_scale_attr"] = None, None, None
+    extras = fitted["extras"]
+    if extras and extras[0] and all(len(e) == len(extras[0]) for e in extras) \
+            and all(same([e[j] for e in extras]) for j in range(len(extras[0]))):
+        changes["extra_scales"] = tuple(extras[0])
+    return changes
 
 
 def _shape_name(a: str, m: str | None, attn_path: str, mlp_path: str | None) -> str:
@@ -351,8 +649,13 @@ def _head(model, blocks, run, tcfg):
             y = y.float() * (float(getattr(tcfg, mul)) if mul else 1.0) / (float(getattr(tcfg, div)) if div else 1.0)
             if cap:
                 y = torch.tanh(y / cap) * cap
-        if float((y - run.logits).abs().max()) <= 1e-4 * max(1.0, float(run.logits.abs().max())):
-            return norm, head, (mul, div, cap_attr)
+        tol = 1e-4 * max(1.0, float(run.logits.abs().max()))
+        if float((y - run.logits).abs().max()) <= tol:
+            return norm, head, (mul, div, cap_attr, None)
+        if not cap and mul is None and div is None:  # a logit multiplier no attribute names: by least squares
+            c = _lstsq([y], run.logits, tol)
+            if c is not None and c[0] > 0:
+                return norm, head, (None, None, None, _clean(c[0]))
     raise UnsupportedModelError("no final norm and unembedding turn the last block's output into the model's logits")
 
 

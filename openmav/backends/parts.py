@@ -71,6 +71,15 @@ class ModelParts:
     head_dim: int
     residual_scale: float = 1.0  # what multiplies the attention (or mixer) output before it joins the residual
     mlp_residual_scale: float | None = None  # the MLP's multiplier where it differs (depth-scaled adds)
+    # per layer: a float, or where a gate module adds the share per dimension a pair ([d] factors, [d] offset) for
+    # a share and [d] factors for a keep; empty: the two above
+    attn_scales: tuple = ()  # what multiplies attn_out where it joins the residual
+    mlp_scales: tuple = ()  # what multiplies mlp_out
+    attn_extra_scales: tuple = ()  # per layer, one per attn_extra module
+    mlp_extra_scales: tuple = ()  # per layer, one per mlp_extra module
+    attn_keeps: tuple = ()  # what multiplies the residual where the attention's share joins it (1: a plain sum)
+    mlp_keeps: tuple = ()  # the same where the MLP's share joins
+    stream_scales: tuple = ()  # what multiplies the residual after the block, before the next one (RWKV: 1/2)
 
     @property
     def mlp_scale(self) -> float:
@@ -80,6 +89,57 @@ class ModelParts:
     inferred: bool = False
     cached_steps: bool = True  # a cached step was checked equal to an uncached forward at load
     rows_function: bool = False  # the registered attention-rows function was checked equal to eager at load
+
+    def share_scale(self, kind: str, layer: int, j: int | None = None):
+        """What multiplies a share's captured output where it joins the residual stream in ``layer``:
+        ``kind`` is ``attn_out``, ``mlp_out``, ``attn_extra`` or ``mlp_extra`` (``j``: which extra)."""
+        if kind == "attn_out":
+            return self.attn_scales[layer] if self.attn_scales else self.residual_scale
+        if kind == "mlp_out":
+            return self.mlp_scales[layer] if self.mlp_scales else self.mlp_scale
+        table = self.attn_extra_scales if kind == "attn_extra" else self.mlp_extra_scales
+        if table and j is not None and j < len(table[layer]):
+            return table[layer][j]
+        return self.share_scale("attn_out" if kind == "attn_extra" else "mlp_out", layer)
+
+    def keep(self, kind: str, layer: int):
+        """What multiplies the residual where the ``attn`` or ``mlp`` share joins it (one for a plain sum)."""
+        table = self.attn_keeps if kind == "attn" else self.mlp_keeps
+        return table[layer] if table else 1.0
+
+    def stream_scale(self, layer: int) -> float:
+        """What multiplies the residual between block ``layer`` and the next (one but where the model rescales)."""
+        return self.stream_scales[layer] if self.stream_scales else 1.0
+
+    def shares(self, layer: int) -> list:
+        """The modules whose outputs join the residual in ``layer``: attention (or mixer), the modules
+        beside it, the MLP and the modules beside it."""
+        return [m for m in (self.attn_out[layer], *self.attn_extra[layer], self.mlp_out[layer],
+                            *self.mlp_extra[layer]) if m is not None]
+
+    def loose_children(self, layer: int) -> list:
+        """The block's direct children with weights that the row does not read: neither a share nor holding
+        one, nor a norm, gate or input norm the row names.  They reach the residual only through the
+        shares, if at all (a pre-norm, a router); the load-time checks push them too, so a part that
+        joins the residual and that the row misses is found whatever its size."""
+        block = self.blocks[layer]
+        named = {find_module(block, p) for p in (self.adapter.attn_norm, self.adapter.mlp_norm,
+                                                 self.adapter.attn_gate, self.adapter.mlp_gate,
+                                                 self.adapter.resid_in)}
+        held = {id(m) for s in self.shares(layer) for m in s.modules()}
+        out = []
+        for child in block.children():
+            if child in named or any(id(m) in held for m in child.modules()) or next(child.parameters(), None) is None:
+                continue  # read, holding what is read, or without weights of its own (dropout, activation)
+            out.append(child)
+        return out
+
+    @property
+    def residual_is_sum(self) -> bool:
+        """Whether the residual after the last block is the embedding plus every share as captured (no keep
+        factor, norm or stream scale edits it on the way): what a direct logit attribution needs."""
+        ones = all(_is_one(k) for k in (*self.attn_keeps, *self.mlp_keeps, *self.stream_scales))
+        return ones and self.compose == "additive" and not any(n is not None for n in self.attn_norm + self.mlp_norm)
 
     @property
     def shape(self) -> str:
@@ -220,18 +280,93 @@ class ModelParts:
                                         f"(input {width}, {n_heads} heads in the config)")
         kv = config_int(tcfg, adapter.n_kv_heads_attr) if adapter.n_kv_heads_attr else None
         divisor = config_float(config, adapter.logit_divisor_attr)
-        scale = (config_float(config, adapter.logit_scale_attr) or 1.0) / (divisor or 1.0)
+        scale = (config_float(config, adapter.logit_scale_attr) or adapter.logit_scale or 1.0) / (divisor or 1.0)
+        s = adapter.residual_scale or config_float(config, adapter.residual_scale_attr) or 1.0
+        sm = s if adapter.mlp_residual_scale is None else adapter.mlp_residual_scale
+        scales = _layer_scales(adapter, blocks, s, sm, a_extra, m_extra)
         return cls(
             adapter=adapter, blocks=blocks, attn=tuple(attn), o_proj=tuple(o_proj), attn_out=tuple(attn_out),
             mlp=tuple(mlp), mlp_out=tuple(mlp_out), attn_extra=tuple(a_extra), mlp_extra=tuple(m_extra),
             down_proj=tuple(down), attn_norm=tuple(a_norm),
             mlp_norm=tuple(m_norm), final_norm=final_norm, unembed=unembed, n_layers=len(blocks),
             n_heads=n_heads or 1, n_kv_heads=kv or n_heads or 1, head_dim=head_dim or 1,
-            residual_scale=adapter.residual_scale or config_float(config, adapter.residual_scale_attr) or 1.0,
-            mlp_residual_scale=adapter.mlp_residual_scale,
+            residual_scale=s, mlp_residual_scale=adapter.mlp_residual_scale, **scales,
             logit_scale=scale,
             final_logit_softcap=_softcap(config, adapter.softcap_attr), inferred=inferred,
         )
+
+
+def push_hook(v: torch.Tensor, applied: set | None = None):
+    """A forward hook that adds ``v`` to a module's first output (a tensor, or the first item of a tuple or
+    list) where the sizes agree; the module joins ``applied``.  The load-time checks push each share of a
+    block by a vector of the block's size, to read and check each share at a size of its own."""
+    def hook(module, args, output):
+        first = output if isinstance(output, torch.Tensor) else \
+            output[0] if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor) else None
+        if first is None or first.numel() != v.numel() or first.shape[-1] != v.shape[-1]:
+            return None
+        new = first + v.reshape(first.shape).to(device=first.device, dtype=first.dtype)
+        if applied is not None:
+            applied.add(module)
+        if isinstance(output, torch.Tensor):
+            return new
+        return [new, *output[1:]] if isinstance(output, list) else (new, *output[1:])
+    return hook
+
+
+def _is_one(value) -> bool:
+    return not isinstance(value, (torch.Tensor, tuple)) and float(value) == 1.0
+
+
+def _per_layer(values: tuple, n: int, default, what: str) -> tuple:
+    if not values:
+        return (default,) * n
+    if len(values) != n:
+        raise UnsupportedModelError(f"the row gives {len(values)} {what} for {n} layers")
+    return tuple(float(v) for v in values)
+
+
+def _gate_factors(block, path: str | None, layer: int):
+    """``((branch factors, offset), residual factors)`` of a gate module ``gate(branch, residual)``, affine in each
+    (Ergo's ``sigmoid(w) * branch + g(w) * residual``, ZAYA's ``(branch + b) * s + (residual + c) * t``), read by
+    calling it on ones and zeros: per dimension, ``gate(x, r) = f_b * x + offset + f_r * r``; ``None`` where the
+    row names no gate.  The offset is counted with the branch's share, as a projection's bias is."""
+    if not path:
+        return None
+    gate = get_module(block, path)
+    param = next(gate.parameters(), None)
+    width = param.shape[-1] if param is not None else None
+    if not width:
+        raise UnsupportedModelError(f"layer {layer}: the gate {path!r} has no per-dimension weight")
+    like = dict(dtype=param.dtype, device=param.device)
+    ones, zeros = torch.ones(1, 1, width, **like), torch.zeros(1, 1, width, **like)
+    with torch.no_grad():
+        offset = gate(zeros, zeros).reshape(-1).detach()
+        branch = gate(ones, zeros).reshape(-1).detach() - offset
+        residual = gate(zeros, ones).reshape(-1).detach() - offset
+    return (branch, offset), residual
+
+
+def _layer_scales(adapter: FamilyAdapter, blocks, s: float, sm: float, a_extra, m_extra) -> dict:
+    """The per-layer multipliers of :class:`ModelParts` from the row (defaults: ``s`` and ``sm``, keeps of one)."""
+    n = len(blocks)
+    attn = list(_per_layer(adapter.attn_scales, n, s, "attention multipliers"))
+    mlp = list(_per_layer(adapter.mlp_scales, n, sm, "MLP multipliers"))
+    a_keep = list(_per_layer(adapter.attn_keeps, n, 1.0, "residual keep factors"))
+    m_keep = list(_per_layer(adapter.mlp_keeps, n, 1.0, "residual keep factors"))
+    stream = _per_layer(adapter.stream_scales, n, 1.0, "stream scales")
+    n_a = len(adapter.attn_extra)
+    extra = tuple(float(x) for x in adapter.extra_scales)
+    a_ex, m_ex = [], []
+    for i in range(n):
+        a_ex.append(tuple(extra[j] if j < len(extra) else attn[i] for j in range(len(a_extra[i]))))
+        m_ex.append(tuple(extra[n_a + j] if n_a + j < len(extra) else mlp[i] for j in range(len(m_extra[i]))))
+        for table, keep, path in ((attn, a_keep, adapter.attn_gate), (mlp, m_keep, adapter.mlp_gate)):
+            factors = _gate_factors(blocks[i], path, i) if i not in adapter.skip_layers else None
+            if factors is not None:
+                table[i], keep[i] = factors
+    return dict(attn_scales=tuple(attn), mlp_scales=tuple(mlp), attn_extra_scales=tuple(a_ex),
+                mlp_extra_scales=tuple(m_ex), attn_keeps=tuple(a_keep), mlp_keeps=tuple(m_keep), stream_scales=stream)
 
 
 SOFTCAP_ATTRS = ("final_logit_softcapping", "logits_soft_cap", "final_logit_softcap", "output_logit_soft_cap")

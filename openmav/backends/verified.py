@@ -25,7 +25,7 @@ from pathlib import Path
 from .adapters import FamilyAdapter
 from .sources import cache_dir
 
-VERSION = 1  # the record's layout
+VERSION = 2  # the record's layout and what a verdict means (2: shares pushed at their own size, the stream end to end)
 # the modules whose code decides a verdict: a change in any of them (a new check) verifies again
 _DECIDERS = ("adapters.py", "parts.py", "infer.py", "probe.py", "verify.py", "find.py")
 
@@ -92,7 +92,11 @@ def verdict_key(model, location: str | None) -> str:
 
 def _row_from(data: dict) -> FamilyAdapter:
     fields = {f.name for f in dataclasses.fields(FamilyAdapter)}
-    row = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in fields}
+
+    def frozen(v):
+        return tuple(frozen(x) for x in v) if isinstance(v, list) else v
+
+    row = {k: frozen(v) for k, v in data.items() if k in fields}
     return FamilyAdapter(**row)
 
 

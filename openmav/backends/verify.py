@@ -1,16 +1,26 @@
 """The invariants that make an adapter trustworthy, checked on the model itself at load.
 
 :func:`verify_parts` runs one reference forward (:func:`check_ids`: twelve tokens, or past a
-short sliding window; eager attention) and one short ablated forward, and checks, for
+short sliding window; eager attention) and one short *pushed* forward, and checks, for
 every layer, the same invariants the test suite uses:
 
-1. **residual decomposition**: ``attn_out + mlp_out == resid_post - resid_pre`` (times the
-   residual scale; through the two post-LayerNorms for ``post_ln`` blocks);
-2. **logit lens**: the lens of the last layer equals the model's own logits;
-3. **attention rows**: each attention layer's captured weights are ``[b, n_heads, q, k]``,
+1. **residual decomposition**: the block's output is its input plus each share (attention or
+   mixer, MLP, and the modules beside them) times the row's multiplier for it, through the
+   norms the row names (:func:`compose`);
+2. **each share at its own size**: in the pushed forward every share's output is moved by a
+   random vector as large as the block's output, so a share read at the wrong place or scale
+   fails by the size of the push, however small the share is in the model's own forward
+   (a mixer at transformers' initialisation, a multiplier of 0.7 on a part that adds 1e-6);
+   the same forward zeroes every head's slice of the output projections (5);
+3. **the stream end to end**: the residual the engine reports after block ``l`` (the block's
+   output times the row's stream scale) is what the next block receives, and the last one is
+   what the final norm receives, so a model that edits the stream between blocks is read as
+   the row says or refused;
+4. **logit lens**: the lens of the last layer equals the model's own logits;
+5. **attention rows**: each attention layer's captured weights are ``[b, n_heads, q, k]``,
    causal, rows summing to one (at most one with attention sinks), and equal to
    ``output_attentions``;
-4. **head slices**: the output projection's input is ``n_heads * head_dim`` wide, and
+6. **head slices**: the output projection's input is ``n_heads * head_dim`` wide, and
    zeroing it (every head of the layer) leaves an attention output that no longer
    depends on the tokens (the projection's bias, normed where a post-norm follows).
 
@@ -35,7 +45,7 @@ from ..capture.cached_forward import CachedForward
 from ..capture.hooks import attention_implementation
 from ..errors import UnsupportedModelError
 from .adapters import find_module
-from .parts import ModelParts, config_int, text_config
+from .parts import ModelParts, config_int, push_hook, text_config
 from .probe import Probe, probe_forward, probe_ids, weights_of
 
 
@@ -48,15 +58,40 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1.0))
 
 
-def compose(parts: ModelParts, layer: int, pre: torch.Tensor, attn: torch.Tensor,
-            mlp: torch.Tensor | None) -> torch.Tensor:
-    """The block output predicted from its input and its two sub-block outputs."""
-    s = parts.residual_scale
-    if parts.compose == "post_ln":
-        with torch.no_grad():
-            mid = parts.attn_norm[layer](pre + attn)
-            return parts.mlp_norm[layer](mid + (0 if mlp is None else mlp)).float()
-    return pre + s * attn + (0 if mlp is None else parts.mlp_scale * mlp)
+def _times(scale, x: torch.Tensor) -> torch.Tensor:
+    """``scale * x``: a float, ``[d]`` factors, or ``([d] factors, [d] offset)`` (a gate's share)."""
+    if isinstance(scale, tuple):
+        return _times(scale[0], x) + scale[1].to(device=x.device, dtype=x.dtype)
+    if isinstance(scale, torch.Tensor):
+        return x * scale.to(device=x.device, dtype=x.dtype)
+    return x if scale == 1.0 else x * scale
+
+
+def _normed(norm, x: torch.Tensor) -> torch.Tensor:
+    if norm is None:
+        return x
+    param = next(norm.parameters(), None)
+    with torch.no_grad():
+        return norm(x.to(param.dtype) if param is not None else x).float()
+
+
+def compose(parts: ModelParts, layer: int, pre: torch.Tensor, attn: torch.Tensor, mlp: torch.Tensor | None,
+            attn_extra=(), mlp_extra=()) -> torch.Tensor:
+    """The block output predicted from its input and its shares' outputs (the sum of
+    :class:`~openmav.backends.adapters.BlockShape`): ``mid = attn_norm(k_a * pre + s_a * attn + sum s_j * extra_j)``,
+    ``post = mlp_norm(k_m * mid + s_m * mlp + sum s_j * extra_j)``."""
+    mid = _times(parts.keep("attn", layer), pre) + _times(parts.share_scale("attn_out", layer), attn)
+    for j, x in enumerate(attn_extra):
+        mid = mid + _times(parts.share_scale("attn_extra", layer, j), x)
+    mid = _normed(parts.attn_norm[layer], mid)
+    if mlp is None and not mlp_extra:
+        return _normed(parts.mlp_norm[layer], _times(parts.keep("mlp", layer), mid))
+    post = _times(parts.keep("mlp", layer), mid)
+    if mlp is not None:
+        post = post + _times(parts.share_scale("mlp_out", layer), mlp)
+    for j, x in enumerate(mlp_extra):
+        post = post + _times(parts.share_scale("mlp_extra", layer, j), x)
+    return _normed(parts.mlp_norm[layer], post)
 
 
 def check_length(model) -> tuple[int, tuple[int, ...]]:
@@ -77,6 +112,23 @@ def check_ids(model) -> torch.Tensor:
     return ids.repeat(1, length // ids.shape[1] + 1)[:, :length]
 
 
+def _final_input(parts: ModelParts):
+    """The module that receives the residual after the last block: the final norm, else the unembedding's first."""
+    if parts.final_norm is not None:
+        return parts.final_norm
+    head = parts.unembed
+    return head[0] if isinstance(head, torch.nn.Sequential) and len(head) else head
+
+
+def _watched(parts: ModelParts) -> list:
+    """The modules whose outputs the decomposition reads: blocks, the norms a block applies to its own input
+    first, every share, the attention modules."""
+    firsts = [m for b in parts.blocks for m in [find_module(b, parts.adapter.resid_in)] if m is not None]
+    return [*parts.blocks, *firsts, *(m for m in parts.attn_out if m is not None),
+            *(m for m in parts.mlp_out if m is not None), *(m for e in parts.attn_extra + parts.mlp_extra for m in e),
+            *(a for a in parts.attn if a is not None)]
+
+
 def verify_parts(model, parts: ModelParts, ids: torch.Tensor | None = None):
     """Check every invariant above on ``model``; raise one line naming what failed.
 
@@ -84,23 +136,21 @@ def verify_parts(model, parts: ModelParts, ids: torch.Tensor | None = None):
     no cache, on ``ids``, default :func:`check_ids`), which the step checks reuse."""
     tol = tolerance(model)
     ids = check_ids(model) if ids is None else ids
-    watch = [*parts.blocks, *(m for m in parts.attn_out if m is not None), *(m for b in parts.blocks
-                                                for m in [find_module(b, parts.adapter.resid_in)] if m is not None), *(m for m in parts.mlp_out if m is not None),
-             *(m for e in parts.attn_extra + parts.mlp_extra for m in e),
-             *(a for a in parts.attn if a is not None)]
-    inputs = [*parts.blocks, *(o for o in parts.o_proj if o is not None)]
+    final_in = _final_input(parts)
+    inputs = [*parts.blocks, *(o for o in parts.o_proj if o is not None), *([final_in] if final_in else [])]
     try:
-        run = probe_forward(model, watch, inputs_of=inputs, output_attentions=parts.has_attention, ids=ids)
+        run = probe_forward(model, _watched(parts), inputs_of=inputs, output_attentions=parts.has_attention, ids=ids)
     except UnsupportedModelError:
         raise
     except Exception as exc:  # the forward itself failed: not a model we can read
         raise UnsupportedModelError(f"the verification forward failed ({type(exc).__name__}: "
                                     f"{str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ''})") from exc
     _check_decomposition(parts, run, tol)
+    _check_stream(parts, run, tol, final_in)
     _check_lens(parts, run, tol)
     if parts.has_attention:
         _check_attention(parts, run, tol)
-        _check_head_slices(model, parts, run, tol)
+    _check_pushed(model, parts, run, tol)
     return run
 
 
@@ -127,7 +177,6 @@ def cached_run(model, impl: str | None, ids: torch.Tensor, n: int, modules=(), o
     ``prefilled``: the state of another run right after the same prefill (from its ``forks``), carried
     on instead of running the prefill again (``logits[0]`` is then ``None``); ``forks``: receives this
     run's state after its prefill under ``n`` (a copy of the cache; the model's own tensors shared)."""
-
     run = CachedRun(weights={m: [] for m in modules})
 
     def keep(mod, args, output):
@@ -171,7 +220,6 @@ def _fork(model, step):
 
 
 def _uncached_logits(model, impl: str | None, ids: torch.Tensor) -> torch.Tensor:
-
     with torch.no_grad(), attention_implementation(model, impl):
         return model(input_ids=ids, use_cache=False).logits[0].float()
 
@@ -347,7 +395,36 @@ def _get(run, module, what: str, layer: int):
     return run.outputs.get(module, run.inputs.get(module))
 
 
-def _check_decomposition(parts: ModelParts, run, tol: float) -> None:
+def _streams(post: torch.Tensor, share: torch.Tensor) -> str:
+    """What the model does when a block's output is not shaped like its shares' (several residual streams)."""
+    if post.dim() == 4 and share.shape[-1] == post.shape[-1]:
+        return (f"its blocks carry {post.shape[-2]} residual streams (hyper-connections) where the engine reads "
+                "one residual stream")
+    return "attention/MLP outputs are not residual-shaped"
+
+
+def _shares(parts: ModelParts, run, layer: int):
+    """``(pre, post, attn, mlp, attn_extra, mlp_extra)`` of ``layer`` as ``run`` recorded them."""
+    block = parts.blocks[layer]
+    pre = run.inputs.get(block)
+    first = find_module(block, parts.adapter.resid_in)
+    if first is not None and first in run.outputs:  # the block norms its own input before anything else
+        pre = run.outputs[first]
+    post = _get(run, block, "block", layer)
+    if pre is None or pre.shape != post.shape:
+        raise UnsupportedModelError(f"layer {layer}: the block's residual input could not be read")
+    attn = _get(run, parts.attn_out[layer], "attention output", layer)
+    a_ex = [_get(run, m, "attention output", layer) for m in parts.attn_extra[layer]]
+    mlp_mod = parts.mlp_out[layer]
+    mlp = _get(run, mlp_mod, "MLP output", layer) if mlp_mod is not None else None
+    m_ex = [_get(run, m, "MLP output", layer) for m in parts.mlp_extra[layer]] if mlp is not None else []
+    for x in (attn, *a_ex, *([mlp] if mlp is not None else []), *m_ex):
+        if x.shape != post.shape:
+            raise UnsupportedModelError(f"layer {layer}: {_streams(post, x)}")
+    return pre, post, attn, mlp, a_ex, m_ex
+
+
+def _check_decomposition(parts: ModelParts, run, tol: float, message=None) -> None:
     failures = _Failures()
     for layer, block in enumerate(parts.blocks):
         if layer in parts.skipped_layers:
@@ -356,34 +433,64 @@ def _check_decomposition(parts: ModelParts, run, tol: float) -> None:
                 break
             continue
         try:
-            pre = run.inputs.get(block)
-            first = find_module(block, parts.adapter.resid_in)
-            if first is not None and first in run.outputs:  # the block norms its own input before anything else
-                pre = run.outputs[first]
-            post = _get(run, block, "block", layer)
-            if pre is None or pre.shape != post.shape:
-                raise UnsupportedModelError(f"layer {layer}: the block's residual input could not be read")
-            attn = _get(run, parts.attn_out[layer], "attention output", layer)
-            attn = attn + sum(_get(run, m, "attention output", layer) for m in parts.attn_extra[layer])
-            mlp_mod = parts.mlp_out[layer]
-            mlp = _get(run, mlp_mod, "MLP output", layer) if mlp_mod is not None else None
-            if mlp is not None:
-                mlp = mlp + sum(_get(run, m, "MLP output", layer) for m in parts.mlp_extra[layer])
-            if attn.shape != post.shape or (mlp is not None and mlp.shape != post.shape):
-                raise UnsupportedModelError(f"layer {layer}: attention/MLP outputs are not residual-shaped")
-            err = _rel_t(compose(parts, layer, pre, attn, mlp), post)
+            pre, post, attn, mlp, a_ex, m_ex = _shares(parts, run, layer)
+            err = _rel_t(compose(parts, layer, pre, attn, mlp, a_ex, m_ex), post)
         except UnsupportedModelError as exc:
             failures.fail(str(exc))
             break
-        failures.check(err, tol, lambda e, layer=layer: f"layer {layer}: attention + MLP outputs do not add up to "
-                       f"the block's change of the residual stream (relative error {e:.1e})")
+        failures.check(err, tol, (lambda e, layer=layer: message(layer, e)) if message else (
+            lambda e, layer=layer: f"layer {layer}: attention + MLP outputs do not add up to the block's change "
+                                   f"of the residual stream (relative error {e:.1e})"))
+    failures.raise_first()
+
+
+def _running(parts: ModelParts) -> list[int]:
+    return [i for i in range(parts.n_layers) if i not in parts.skipped_layers]
+
+
+def _stream_edit(out: torch.Tensor, got: torch.Tensor) -> str:
+    """What a model does to its residual stream between two places, in words (for a refusal)."""
+    flat_o, flat_g = out.reshape(-1, out.shape[-1]).double(), got.reshape(-1, got.shape[-1]).double()
+    c = float((flat_o * flat_g).sum() / (flat_o * flat_o).sum().clamp_min(1e-30))
+    if float((c * flat_o - flat_g).abs().max()) <= 1e-4 * max(1.0, float(flat_g.abs().max())):
+        return f"rescales the residual stream by {c:.4g}"
+    per_dim = (flat_o * flat_g).sum(0) / (flat_o * flat_o).sum(0).clamp_min(1e-30)
+    if float((per_dim * flat_o - flat_g).abs().max()) <= 1e-4 * max(1.0, float(flat_g.abs().max())):
+        return "rescales the residual stream per dimension"
+    return "changes the residual stream"
+
+
+def _check_stream(parts: ModelParts, run, tol: float, final_in) -> None:
+    """The residual reported after each block (its output times the stream scale) is what comes next."""
+    running = _running(parts)
+    failures = _Failures()
+    for a, b in zip(running, running[1:] + [None]):
+        out = run.outputs.get(parts.blocks[a])
+        nxt = run.inputs.get(parts.blocks[b]) if b is not None else run.inputs.get(final_in)
+        if out is None or nxt is None:
+            continue  # not a tensor input (the decomposition names a block that did not run)
+        out = out * parts.stream_scale(a)
+        where = f"between block {a} and block {b}" if b is not None else \
+            f"between the last block ({a}) and the {'final norm' if parts.final_norm is not None else 'unembedding'}"
+        if nxt.shape != out.shape and b is None and nxt.dim() == out.dim() and nxt.shape[-1] == out.shape[-1] \
+                and nxt.shape[-2] < out.shape[-2]:
+            out = out[..., -nxt.shape[-2]:, :]  # the head reads only the last positions
+        if nxt.shape != out.shape:
+            failures.fail(f"the residual stream is {tuple(nxt.shape)} {where} but the block's output is "
+                          f"{tuple(out.shape)}: the model reshapes or merges its residual streams, which the engine "
+                          "cannot represent")
+            break
+        failures.check(_rel_t(out, nxt), tol, lambda e, out=out, nxt=nxt, where=where: (
+            f"the model {_stream_edit(out, nxt)} {where} (relative error {e:.1e} against the residual the "
+            "engine would report), which the row does not describe"))
     failures.raise_first()
 
 
 def _check_lens(parts: ModelParts, run, tol: float) -> None:
     if run.logits is None:
         raise UnsupportedModelError("the model returned no logits: it has no language-model head")
-    last = run.outputs[next(b for i, b in reversed(list(enumerate(parts.blocks))) if i not in parts.skipped_layers)]
+    index = _running(parts)[-1]
+    last = run.outputs[parts.blocks[index]] * parts.stream_scale(index)
     with torch.no_grad():
         lens = parts.lens(last.to(next(parts.unembed.parameters()).dtype)).float()
     if lens.shape != run.logits.shape:
@@ -398,6 +505,8 @@ def _check_lens(parts: ModelParts, run, tol: float) -> None:
 def _check_attention(parts: ModelParts, run, tol: float) -> None:
     seq = run.ids.shape[1]
     recorded = list(run.attentions or ())
+    if len(recorded) == parts.n_layers and len(recorded) != len(parts.attention_layers):
+        recorded = [recorded[i] for i in parts.attention_layers]  # a hybrid's other mixers have entries too
     failures = _Failures()
     for j, layer in enumerate(parts.attention_layers):
         w = run.weights.get(parts.attn[layer])
@@ -424,26 +533,104 @@ def _check_attention(parts: ModelParts, run, tol: float) -> None:
     failures.raise_first()
 
 
-HEAD_SLICE_TOKENS = 4  # the ablated forward: constant over these positions once every head is zeroed
+HEAD_SLICE_TOKENS = 4  # the pushed forward: attention constant over these positions once every head is zeroed
 
 
-def _check_head_slices(model, parts: ModelParts, run, tol: float) -> None:
-    width = parts.n_heads * parts.head_dim
-    for layer in parts.attention_layers:
-        x = run.inputs.get(parts.o_proj[layer])
-        if x is None or x.shape[-1] != width:
-            got = None if x is None else x.shape[-1]
-            raise UnsupportedModelError(f"layer {layer}: the output projection's input is {got} wide, not "
-                                        f"{parts.n_heads} heads x {parts.head_dim}")
+def _pushes(parts: ModelParts, run, n: int) -> dict:
+    """Per share module (and per child the row does not read), a fixed random vector ``[1, n, d]`` as large
+    (RMS) as its block's output in ``run``."""
+    gen = torch.Generator().manual_seed(20)
+    pushes = {}
+    for layer in _running(parts):
+        post = run.outputs.get(parts.blocks[layer])
+        if post is None or post.dim() != 3:
+            continue
+        size = float(post.pow(2).mean().sqrt()) or 1.0
+        for m in [*parts.shares(layer), *parts.loose_children(layer)]:
+            if m not in pushes:
+                pushes[m] = torch.randn(1, n, post.shape[-1], generator=gen) * size
+    return pushes
+
+
+def _share_names(parts: ModelParts, layer: int) -> list:
+    """``(module, kind, j, words)`` of each share of ``layer``."""
+    out = [(parts.attn_out[layer], "attn_out", None, "attention" if parts.attn[layer] is not None else "mixer")]
+    out += [(m, "attn_extra", j, type(m).__name__ + " beside the attention")
+            for j, m in enumerate(parts.attn_extra[layer])]
+    if parts.mlp_out[layer] is not None:
+        out.append((parts.mlp_out[layer], "mlp_out", None, "MLP"))
+        out += [(m, "mlp_extra", j, type(m).__name__ + " beside the MLP") for j, m in enumerate(parts.mlp_extra[layer])]
+    return out
+
+
+def _misread_share(parts: ModelParts, pushed, pushes: dict, layer: int) -> str:
+    """Which share of ``layer`` a failed pushed decomposition points at, and the multiplier it joins with:
+    the error's least-squares coefficients on the pushes (each share's, and each unread child's) together,
+    the largest added to the row's multiplier for that share."""
+    try:
+        pre, post, attn, mlp, a_ex, m_ex = _shares(parts, pushed, layer)
+        err = (post - compose(parts, layer, pre, attn, mlp, a_ex, m_ex)).double()
+    except UnsupportedModelError:
+        return "a share"
+    named = [(m, kind, j, words) for m, kind, j, words in _share_names(parts, layer) if m in pushes]
+    named += [(m, "loose", None, f"{type(m).__name__}, which the row does not read,")
+              for m in parts.loose_children(layer) if m in pushes]
+    if not named or parts.compose != "additive":
+        return "a share"
+    cols = torch.stack([pushes[m].to(err.device).double().reshape(-1) for m, *_ in named], 1)
+    coef = torch.linalg.lstsq(cols, err.reshape(-1, 1)).solution[:, 0]
+    k = int(coef.abs().argmax())
+    c, (_, kind, j, words) = float(coef[k]), named[k]
+    if kind == "loose":
+        return f"the {words} joins the residual stream (at {c:.3g}), and"
+    scale = parts.share_scale(kind, layer, j)
+    if isinstance(scale, (torch.Tensor, tuple)):
+        return f"the {words}"
+    keep = parts.keep("mlp", layer) if kind.startswith("attn") else 1.0
+    keep = 1.0 if isinstance(keep, torch.Tensor) else float(keep)
+    return f"the {words} (it joins at {scale * keep + c:.3g}, the row says {scale * keep:.3g})"
+
+
+def _check_pushed(model, parts: ModelParts, run, tol: float) -> None:
+    """One short forward with every share pushed by a random vector the block's size and, where the model
+    has attention, every head's slice of the output projections zeroed: the decomposition must hold
+    in it (each share at its own size), and the zeroed heads must silence the attention output."""
+    n = min(HEAD_SLICE_TOKENS, run.ids.shape[1])
+    pushes = _pushes(parts, run, n)
+    if parts.has_attention:
+        width = parts.n_heads * parts.head_dim
+        for layer in parts.attention_layers:
+            x = run.inputs.get(parts.o_proj[layer])
+            if x is None or x.shape[-1] != width:
+                got = None if x is None else x.shape[-1]
+                raise UnsupportedModelError(f"layer {layer}: the output projection's input is {got} wide, not "
+                                            f"{parts.n_heads} heads x {parts.head_dim}")
     edits = {parts.o_proj[layer]: torch.zeros_like for layer in parts.attention_layers}
-    mods = [m for layer in parts.attention_layers for m in (parts.attn_out[layer], parts.attn[layer])]
-    ablated = probe_forward(model, mods, edits=edits, output_attentions=False,
-                            ids=run.ids[:, :HEAD_SLICE_TOKENS])
+    applied: set = set()
+    handles = [m.register_forward_hook(push_hook(v, applied)) for m, v in pushes.items()]
+    try:
+        pushed = probe_forward(model, _watched(parts), inputs_of=parts.blocks, edits=edits, output_attentions=False,
+                               ids=run.ids[:, :n])
+    except Exception as exc:  # noqa: BLE001 - a forward that a push breaks: the shares are not what the row says
+        raise UnsupportedModelError(f"the pushed verification forward failed ({type(exc).__name__})") from exc
+    finally:
+        for h in handles:
+            h.remove()
+    if parts.has_attention:
+        _check_head_slices(parts, run, pushed, {m: pushes[m] for m in applied}, tol)
+    _check_decomposition(parts, pushed, tol, message=lambda layer, e: (
+        f"layer {layer}: {_misread_share(parts, pushed, pushes, layer)} is not read at the place or scale where it "
+        f"joins the residual stream: pushing each share by a vector the block's size moves the block's output "
+        f"differently (relative error {e:.1e})"))
 
+
+def _check_head_slices(parts: ModelParts, run, ablated, pushes: dict, tol: float) -> None:
     def silenced(module):  # constant over positions once every head is zeroed, varying before
         out, normal = ablated.outputs.get(module), run.outputs.get(module)
         if out is None or normal is None or out.dim() != 3 or normal.dim() != 3:
             return None
+        if module in pushes:
+            out = out - pushes[module].to(out.device).reshape(out.shape)
         normal = normal[:, :out.shape[1]]
         if out.shape != normal.shape or out.shape[1] < 2:
             return None

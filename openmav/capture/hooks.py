@@ -8,9 +8,10 @@ Standard capture names (``b`` batch, ``p`` position, ``h`` head, ``q``/``k`` que
 
 - ``blocks.{l}.attn.pattern``   ``[b, h, q, k]``   eager attention probabilities
 - ``blocks.{l}.attn.out``       ``[b, p, d]``      what the attention block (or a hybrid's mixer) adds to the
-  residual, times the model's residual multiplier
-- ``blocks.{l}.mlp.out``        ``[b, p, d]``      what the MLP block adds to the residual
-- ``blocks.{l}.resid_post``     ``[b, p, d]``      the residual stream after block ``l``
+  residual, times the model's multiplier for it (``parts.share_scale``)
+- ``blocks.{l}.mlp.out``        ``[b, p, d]``      what the MLP block adds to the residual, likewise
+- ``blocks.{l}.resid_post``     ``[b, p, d]``      the residual stream after block ``l``, as the next block
+  receives it (``parts.stream_scale``)
 """
 
 from __future__ import annotations
@@ -88,6 +89,8 @@ class CaptureHooks:
         if tensor.dim() == 2:  # [b * p, d], as OPT's MLP computes it; the step loop's batch is one
             tensor = tensor.unsqueeze(0)
         kept = tensor.select(1, -1) if self.last_only else tensor
+        if isinstance(scale, tuple):  # per-dimension factors and offset (a gate module's)
+            return kept * scale[0].to(kept.dtype) + scale[1].to(kept.dtype)
         return kept * scale if scale != 1.0 else kept.clone()
 
     def _store(self, slot: list, layer: int, attn_pattern: bool = False, scale: float = 1.0):
@@ -109,18 +112,21 @@ class CaptureHooks:
 
     def __enter__(self) -> "CaptureHooks":
         p = self.parts
-        s, sm = p.residual_scale, p.mlp_scale
         try:
             for i in range(p.n_layers):
                 if i in p.skipped_layers:
                     continue  # never runs on text-only input: the residual passes unchanged
-                self._handles.append(p.blocks[i].register_forward_hook(self._store(self.resid, i)))
+                # the residual as the next block receives it (a model may rescale it between blocks)
+                self._handles.append(p.blocks[i].register_forward_hook(self._store(self.resid, i,
+                                                                                  scale=p.stream_scale(i))))
                 if p.mlp_out[i] is not None:
-                    self._handles.append(p.mlp_out[i].register_forward_hook(self._store(self.mlp_out, i, scale=sm)))
-                self._handles.append(p.attn_out[i].register_forward_hook(self._store(self.attn_out, i, scale=s)))
+                    self._handles.append(p.mlp_out[i].register_forward_hook(
+                        self._store(self.mlp_out, i, scale=p.share_scale("mlp_out", i))))
+                self._handles.append(p.attn_out[i].register_forward_hook(
+                    self._store(self.attn_out, i, scale=p.share_scale("attn_out", i))))
                 for name, mods in (("attn_out", p.attn_extra[i]), ("mlp_out", p.mlp_extra[i])):
                     for j, module in enumerate(mods):
-                        scale = s if name == "attn_out" else sm
+                        scale = p.share_scale(name[:-4] + "_extra", i, j)
                         self._handles.append(module.register_forward_hook(self._store(self.extra[name][i], j,
                                                                                       scale=scale)))
                 if self.want_attention and p.attn[i] is not None:

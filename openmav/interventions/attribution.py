@@ -229,11 +229,13 @@ def direct_logit_attribution(lm, input_ids, token: int, position: int | None = N
     if parts.compose != "additive":
         raise InputError(f"direct logit attribution needs blocks that add their parts to the residual stream; "
                          f"{lm.name}'s blocks ({parts.shape}) norm the residual after each sub-block")
+    if not getattr(parts, "residual_is_sum", True):
+        raise InputError(f"direct logit attribution needs a residual stream that is the sum of its parts; "
+                         f"{lm.name} rescales or norms it where a sub-block joins or between blocks")
     with _Recorder(parts, position) as rec:
         logits = lm.model(input_ids=ids, use_cache=False).logits
     seen = rec.seen
     logit = float(logits[0, position, token])
-    s, sm = parts.residual_scale, parts.mlp_scale
     resid = seen["embedding"].clone()
     d = resid.shape[0]
     heads = np.full((parts.n_layers, parts.n_heads), np.nan)
@@ -243,6 +245,7 @@ def direct_logit_attribution(lm, input_ids, token: int, position: int | None = N
         if i in parts.skipped_layers:
             continue
         added = torch.zeros(d, dtype=torch.float64)
+        s, sm = _share_scale(parts, "attn_out", i), _share_scale(parts, "mlp_out", i)
         if parts.o_proj[i] is not None:
             per_head, bias = _split_heads(parts, i, seen)
             for h in range(parts.n_heads):
@@ -253,14 +256,16 @@ def direct_logit_attribution(lm, input_ids, token: int, position: int | None = N
             vectors.append((f"L{i} mixer", "mixer", i, s * seen[("attn", i)]))
             added += s * seen[("attn", i)]
         for j, _ in enumerate(parts.attn_extra[i]):
-            vectors.append((f"L{i} attention extra {j}", "attention_extra", i, s * seen[("attn_extra", i, j)]))
-            added += s * seen[("attn_extra", i, j)]
+            sj = _share_scale(parts, "attn_extra", i, j)
+            vectors.append((f"L{i} attention extra {j}", "attention_extra", i, sj * seen[("attn_extra", i, j)]))
+            added += sj * seen[("attn_extra", i, j)]
         if parts.mlp_out[i] is not None:
             vectors.append((f"L{i} MLP", "mlp", i, sm * seen[("mlp", i)]))
             added += sm * seen[("mlp", i)]
         for j, _ in enumerate(parts.mlp_extra[i]):
-            vectors.append((f"L{i} MLP extra {j}", "mlp_extra", i, sm * seen[("mlp_extra", i, j)]))
-            added += sm * seen[("mlp_extra", i, j)]
+            sj = _share_scale(parts, "mlp_extra", i, j)
+            vectors.append((f"L{i} MLP extra {j}", "mlp_extra", i, sj * seen[("mlp_extra", i, j)]))
+            added += sj * seen[("mlp_extra", i, j)]
         resid = resid + added
     final_in = seen.get("final_in", seen["resid_final"])
     if not _close(resid, final_in, 1e-3):
@@ -286,6 +291,12 @@ def direct_logit_attribution(lm, input_ids, token: int, position: int | None = N
     pre_cap = scale * (float(w_u @ final_out) + b_u)
     return LogitAttribution(position=position, token=token, logit=logit, pre_softcap_logit=pre_cap, heads=heads,
                             components=components, softcap=parts.final_logit_softcap)
+
+
+def _share_scale(parts, kind: str, layer: int, j: int | None = None):
+    """The multiplier of a share where it joins the residual (``parts.share_scale``), as float64 on the CPU."""
+    value = parts.share_scale(kind, layer, j)
+    return value.detach().double().cpu() if isinstance(value, torch.Tensor) else float(value)
 
 
 def _split_heads(parts, layer: int, seen: dict) -> tuple[torch.Tensor, torch.Tensor]:
