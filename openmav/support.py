@@ -10,13 +10,17 @@ against an independent recomputation:
 - a head ablation equals a hand-written recomputation at the output projection's input;
 - batched evaluate-all-heads equals one head at a time.
 
-(The residual decomposition and head-slice checks run at load, in
-:func:`openmav.backends.verify.verify_parts`.)  :func:`check_model_type` builds a tiny
-random-weight model of the real class for a model type and reports ``pass``,
-``fail`` (with the first failed check) or ``unrunnable`` (plain transformers itself
-cannot run the tiny config).  ``python -m openmav.support`` sweeps every causal-LM
-type and writes ``openmav/data/supported_models.json``, which ``mav models`` prints
-and the README's table is made from.
+(The residual decomposition, each share at its own size, the stream end to end and the head
+slices are checked at load, in :func:`openmav.backends.verify.verify_parts`.)
+:func:`check_model_type` builds tiny random-weight models of the real class for a model type,
+with weights spread as trained ones are (:func:`openmav.testing.spread_weights`), twice
+(:data:`BUILDS`): two layers with transformers' defaults, and four layers with the settings its
+released checkpoints use (:data:`openmav.tiny_configs.REAL_SETTINGS`: multipliers, stream
+rescaling, window and hybrid patterns, soft-caps).  It reports ``pass`` (both builds pass),
+``fail`` (with the first failed check, and the class of refusal: :func:`refusal_class`) or
+``unrunnable`` (plain transformers itself cannot run the tiny config).  ``python -m openmav.support``
+sweeps every causal-LM type and writes ``openmav/data/supported_models.json``, which ``mav models``
+prints and the README's table is made from.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from __future__ import annotations
 import json
 import signal
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +50,44 @@ class TypeResult:
     layers: str = ""  # which layers have attention
     reason: str = ""
     seconds: float = 0.0
+    builds: dict = field(default_factory=dict)  # build name -> {"status", "reason", "seconds"}
+
+    @property
+    def refusal(self) -> str:
+        return refusal_class(self.reason) if self.status == "fail" else ""
+
+
+# (name, layers, with the settings released checkpoints use): a type passes only if every build passes
+BUILDS = (("2 layers", 2, False), ("4 layers, real settings", 4, True))
+
+# classes of refusal, by what the first failed check says (first match wins)
+REFUSALS = (
+    ("residual streams", "several residual streams"),
+    ("no list of transformer blocks", "no list of blocks of the configured depth"),
+    ("not read at the place or scale", "a share misread at its own size"),
+    ("residual stream between", "the stream edited between blocks"),
+    ("the residual stream is", "the stream edited between blocks"),
+    ("rescales the residual stream", "the stream edited between blocks"),
+    ("changes the residual stream", "the stream edited between blocks"),
+    ("sub-block outputs", "a block that is not a sum of sub-blocks"),
+    ("do not add up", "a block that is not a sum of sub-blocks"),
+    ("final norm and unembedding", "no final norm and head found"),
+    ("logit lens", "no final norm and head found"),
+    ("output projection", "attention without one output projection"),
+    ("took longer", "too slow for the sweep"),
+    ("vs full forward", "an invariant of the engine fails"),
+    ("vs output_attentions", "an invariant of the engine fails"),
+    ("hooks changed", "an invariant of the engine fails"),
+    ("lens is not", "an invariant of the engine fails"),
+    ("ablating", "an invariant of the engine fails"),
+    ("evaluate-all-heads", "an invariant of the engine fails"),
+)
+
+
+def refusal_class(reason: str) -> str:
+    """The class of a failed build's first reason (:data:`REFUSALS`), ``other`` if none matches."""
+    low = reason.lower()
+    return next((name for key, name in REFUSALS if key.lower() in low), "other")
 
 
 class InvariantError(AssertionError):
@@ -98,7 +140,9 @@ def _check_steps(lm, ids, n: int):
     layers = lm.parts.attention_layers
     for r in recs:  # each step against an uncached forward of exactly the tokens it saw
         out = _full_forward(lm, all_ids[:, :r.position + 1], output_attentions=bool(layers))
-        atts = [a for a in (getattr(out, "attentions", None) or ()) if a is not None]
+        atts = list(getattr(out, "attentions", None) or ())
+        # one entry per layer (a hybrid's other mixers give None, or their state): the attention layers'
+        atts = [atts[i] for i in layers] if len(atts) == lm.parts.n_layers else [a for a in atts if a is not None]
         _close(r.logits, out.logits[0, -1].float().cpu().numpy(), 1e-4, f"step {r.step} logits vs full forward")
         if layers:
             if len(atts) != len(layers):
@@ -177,8 +221,28 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0][:160]}" if text else type(exc).__name__
 
 
-def check_model_type(model_type: str, timeout_s: int = 60) -> TypeResult:
-    """Build a tiny model of ``model_type`` and run the adapter and every invariant on it."""
+def check_model_type(model_type: str, timeout_s: int = 60, builds=BUILDS) -> TypeResult:
+    """Every build of ``model_type`` (:data:`BUILDS`) through the adapter and every invariant: ``pass`` only
+    if each passes; otherwise the first build's reason that did not pass."""
+    results = [(name, check_build(model_type, timeout_s, depth, real)) for name, depth, real in builds]
+    failed = [(name, r) for name, r in results if r.status != "pass"]
+    name, first = failed[0] if failed else results[-1]
+    merged = TypeResult(model_type, first.status, first.adapter or results[0][1].adapter,
+                        first.how or results[0][1].how, first.shape or results[0][1].shape,
+                        first.layers or results[0][1].layers,
+                        f"{name}: {first.reason}" if failed and len(builds) > 1 else first.reason,
+                        round(sum(r.seconds for _, r in results), 2))
+    if failed and first.status == "unrunnable" and any(r.status == "fail" for _, r in results):
+        merged.status = "fail"
+        name, first = next((n, r) for n, r in failed if r.status == "fail")
+        merged.reason = f"{name}: {first.reason}"
+    merged.builds = {n: {"status": r.status, "reason": r.reason, "seconds": r.seconds} for n, r in results}
+    return merged
+
+
+def check_build(model_type: str, timeout_s: int = 60, depth: int = 2, real: bool = False) -> TypeResult:
+    """Build one tiny model of ``model_type`` (``depth`` layers; ``real``: its checkpoints' settings) and run the
+    adapter and every invariant on it."""
     from .backends.loading import wrap_model
     from .testing import tiny_causal_lm, tiny_tokenizer
     from .tiny_configs import tiny_config_for_type
@@ -191,7 +255,8 @@ def check_model_type(model_type: str, timeout_s: int = 60) -> TypeResult:
     try:
         tok = tiny_tokenizer()
         try:
-            config = tiny_config_for_type(model_type, len(tok))  # the registered class (gemma3: the multimodal one)
+            # the registered class (gemma3: the multimodal one)
+            config = tiny_config_for_type(model_type, len(tok), depth, real=real)
             if getattr(config, "is_decoder", None) is False:  # BERT-style layers run causally only as decoders
                 config.is_decoder = True
             model = tiny_causal_lm(config)
@@ -238,10 +303,10 @@ def causal_lm_types() -> list[str]:
     return sorted(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
 
 
-def sweep(types=None, progress=None) -> list[TypeResult]:
+def sweep(types=None, progress=None, timeout_s: int = 60) -> list[TypeResult]:
     results = []
     for t in types or causal_lm_types():
-        r = check_model_type(t)
+        r = check_model_type(t, timeout_s)
         results.append(r)
         if progress:
             progress(r)
@@ -267,29 +332,50 @@ def load(path: Path = DATA) -> dict:
 
 
 def summary(payload: dict) -> dict:
+    """Counts over the stored sweep: types, runnable ones, those that pass (every build), per build the passes
+    and the refusals by class (:func:`refusal_class`)."""
     rows = payload["results"]
     runnable = [r for r in rows if r["status"] != "unrunnable"]
     passed = [r for r in runnable if r["status"] == "pass"]
+    builds = {}
+    for r in runnable:
+        for name, b in (r.get("builds") or {}).items():
+            entry = builds.setdefault(name, {"passed": 0, "refused": {}})
+            if b["status"] == "pass":
+                entry["passed"] += 1
+            else:
+                cls = refusal_class(b["reason"]) if b["status"] == "fail" else "cannot run at this build"
+                entry["refused"][cls] = entry["refused"].get(cls, 0) + 1
     return {"types": len(rows), "runnable": len(runnable), "passed": len(passed),
             "declared": sum(r["how"] == "declared" for r in passed),
-            "inferred": sum(r["how"] == "inferred" for r in passed)}
+            "inferred": sum(r["how"] == "inferred" for r in passed), "builds": builds}
 
 
 def markdown_table(payload: dict) -> str:
     """The README's "Supported models" section body, generated from the sweep."""
     s = summary(payload)
+    names = list(s["builds"])
+    per_build = "; ".join(f"{b['passed']} at {name}" for name, b in s["builds"].items())
+    refused = "; ".join(f"{name}: " + ", ".join(f"{n} {cls}" for cls, n in sorted(b["refused"].items(),
+                                                                                    key=lambda kv: -kv[1]))
+                        for name, b in s["builds"].items() if b["refused"])
     lines = [f"Generated by `python -m openmav.support` (transformers {payload['transformers']}, "
-             f"torch {payload['torch']}): a tiny random-weight model of each causal-LM type transformers "
-             f"registers, run through the adapter and every invariant. **{s['passed']} of {s['runnable']} "
-             f"runnable types pass** ({s['declared']} with a declared adapter, {s['inferred']} inferred); "
+             f"torch {payload['torch']}): tiny random-weight models of each causal-LM type transformers "
+             f"registers, with weights spread as trained ones are, built twice ({' and '.join(names) or 'once'}: "
+             f"the second with the settings its released checkpoints use) and run through the adapter and "
+             f"every invariant; a type passes only if both builds pass. **{s['passed']} of {s['runnable']} "
+             f"runnable types pass** ({s['declared']} with a declared adapter, {s['inferred']} inferred; "
+             f"{per_build}). Refused, by class: {refused or 'none'}. "
              f"{s['types'] - s['runnable']} tiny configs that transformers itself cannot run are listed apart.",
-             "", "| model type | result | adapter | blocks | layers | why |", "| --- | --- | --- | --- | --- | --- |"]
+             "", "| model type | " + " | ".join(names or ["result"]) + " | adapter | blocks | layers | why |",
+             "| --- | " + " | ".join("---" for _ in (names or ["result"])) + " | --- | --- | --- | --- |"]
     rows = payload["results"]
     for r in [r for r in rows if r["status"] != "unrunnable"]:
         why = r["reason"].replace("|", "\\|")[:140]
+        cells = [(r.get("builds") or {}).get(n, {}).get("status", "") for n in names] or [r["status"]]
         adapter = r["adapter"] if r["adapter"].startswith(f"{r['how']}:") else f"{r['adapter']} ({r['how']})"
-        lines.append(f"| {r['model_type']} | {r['status']} | {adapter} | {r['shape']} | "
-                     f"{r['layers']} | {why} |")
+        lines.append(f"| {r['model_type']} | " + " | ".join(cells) + f" | {adapter} | "
+                     f"{r['shape']} | {r['layers']} | {why} |")
     unrunnable = [r for r in rows if r["status"] == "unrunnable"]
     if unrunnable:
         lines += ["", "Tiny configs plain transformers cannot run (not counted):", ""]
@@ -305,17 +391,24 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m openmav.support", description=__doc__.split("\n\n")[0])
     p.add_argument("types", nargs="*", help="model types (default: every causal-LM type)")
     p.add_argument("--no-save", action="store_true", help="print only; do not rewrite the stored table")
+    p.add_argument("--timeout", type=int, default=60, help="seconds per build before it counts as failed "
+                   "(default 60; raise it on a busy machine)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    results = sweep(args.types or None,
+    results = sweep(args.types or None, timeout_s=args.timeout,
                     progress=lambda r: print(f"{r.model_type:28s} {r.status:10s} {r.how:9s} {r.seconds:5.1f}s "
                                              f"{r.reason[:110]}", flush=True))
     if not args.types and not args.no_save:
         save(results)
         print(f"wrote {DATA}", file=sys.stderr)
+    payload = {"results": [asdict(r) for r in results]}
+    s = summary(payload)
+    print(f"{s['passed']} of {s['runnable']} runnable types pass every build", file=sys.stderr)
+    for name, b in s["builds"].items():
+        print(f"  {name}: {b['passed']} pass; refused: {b['refused']}", file=sys.stderr)
     return 0
 
 

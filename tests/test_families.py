@@ -274,7 +274,7 @@ def test_the_bundled_encoder_by_name_is_refused_as_an_encoder_not_asked_of_the_h
 # a representative slice of the sweep in CI (the full sweep: python -m openmav.support)
 INFERRED_SLICE = ["afmoe", "bamba", "bart", "ctrl", "dbrx", "emu3", "falcon_h1", "fuyu", "granitemoehybrid", "lfm3",
                   "llama4_text", "mllama", "nemotron_h", "olmo_hybrid", "qwen3_next", "recurrent_gemma", "rwkv",
-                  "xlstm", "zamba2", "mamba2", "minicpm3", "openai-gpt"]
+                  "xlstm", "zamba2", "mamba2", "minicpm3", "openai-gpt", "beam", "ergo", "zaya", "minimax"]
 
 
 @pytest.mark.parametrize("model_type", INFERRED_SLICE)
@@ -288,9 +288,17 @@ def test_sweep_slice_passes_with_an_inferred_adapter(model_type):
 def test_stored_support_table_meets_the_target_and_matches_the_code():
     from openmav.support import load, summary
 
+    from openmav.support import BUILDS
+
     payload = load()
     s = summary(payload)
     assert s["passed"] >= 0.9 * s["runnable"], s
+    names = [name for name, _, _ in BUILDS]
+    for r in payload["results"]:  # every type built twice (2 layers; 4 with its checkpoints' settings)
+        assert list(r["builds"]) == names, r["model_type"]
+        if r["status"] != "unrunnable":
+            assert (r["status"] == "pass") == all(b["status"] == "pass" for b in r["builds"].values()), r
+    assert set(s["builds"]) == set(names) and all(b["passed"] >= s["passed"] for b in s["builds"].values())
     stored = {r["model_type"]: r["status"] for r in payload["results"]}
     for t in INFERRED_SLICE + DECLARED:
         assert stored.get(t) == "pass", t
