@@ -279,7 +279,14 @@ INFERRED_SLICE = ["afmoe", "bamba", "bart", "ctrl", "dbrx", "emu3", "falcon_h1",
 
 @pytest.mark.parametrize("model_type", INFERRED_SLICE)
 def test_sweep_slice_passes_with_an_inferred_adapter(model_type):
+    from transformers import CONFIG_MAPPING
+
     from openmav.support import check_model_type
+
+    if model_type not in CONFIG_MAPPING:  # ergo arrived in transformers 5.25; the range allows older 5.x
+        import transformers
+
+        pytest.skip(f"transformers {transformers.__version__} has no {model_type}")
 
     result = check_model_type(model_type)
     assert result.status == "pass" and result.how == "inferred", result.reason

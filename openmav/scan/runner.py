@@ -57,12 +57,17 @@ class RayRunner:
             if address is None:
                 kwargs["num_cpus"] = max(1, int(workers * cpus_per_worker) if workers else os.cpu_count() or 1)
             kwargs["runtime_env"] = {"env_vars": dict(env or {})}
-            try:
-                ray.init(address=address, **kwargs)
-            except Exception as exc:  # noqa: BLE001 - one line: cannot reach or start the cluster
-                where = "start a local Ray cluster" if address is None else f"join the Ray cluster at {address}"
-                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                raise InputError(f"cannot {where}: {first}") from None
+            for attempt in range(2):  # a local cluster's first start can outlast Ray's wait on a busy machine
+                try:
+                    ray.init(address=address, **kwargs)
+                    break
+                except Exception as exc:  # noqa: BLE001 - one line: cannot reach or start the cluster
+                    ray.shutdown()
+                    if attempt == 0 and address is None:
+                        continue
+                    where = "start a local Ray cluster" if address is None else f"join the Ray cluster at {address}"
+                    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                    raise InputError(f"cannot {where}: {first}") from None
             self._started = True
         total = int(ray.cluster_resources().get("CPU", 1))
         self.workers = workers or max(1, int(total // cpus_per_worker))
