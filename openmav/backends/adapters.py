@@ -44,6 +44,8 @@ class BlockShape:
     receives ``c * resid_post``; a norm that is absent is the identity, each multiplier is one unless
     the row names it (a config attribute, a value found by least squares and verified, or a gate
     module's per-dimension factors), and the engine's residual after the block is ``c * resid_post``.
+    A shape with ``after_norm`` adds the MLP's extras to the normed sum and norms again (an adapter):
+    ``n = mlp_norm(k_m * mid + s_m * mlp_out)``, ``resid_post = mlp_norm(n + sum_j s_j * mlp_extra_j)``.
     """
 
     name: str
@@ -51,6 +53,7 @@ class BlockShape:
     attn_out: str | None  # default path of attn_out ({attn} / {o_proj} / a block path); None: the attn module
     mlp_out: str | None  # default path of mlp_out ({mlp} / {down_proj}); None: the MLP module
     description: str
+    after_norm: bool = False  # post_ln: the MLP's extras join the normed sum, normed again (adapters)
 
 
 SHAPES = {s.name: s for s in (
@@ -65,6 +68,9 @@ SHAPES = {s.name: s for s in (
                "projection: BLOOM"),
     BlockShape("post_ln", "post_ln", "{o_proj}", "{down_proj}",
                "the residual sum is normed after each sub-block: BERT-style and BART-style decoders, GPT-1"),
+    BlockShape("post_ln_adapter", "post_ln", "{o_proj}", "{down_proj}",
+               "post-LN, then a bottleneck adapter on the normed sum adds its output, and the same norm "
+               "again (resid_post = norm(n + adapter(n))): X-MOD's language adapters", after_norm=True),
     BlockShape("mid_norm", "post_ln", None, None,
                "the block norms its input, then the residual again between attention and MLP, with multipliers on "
                "both sides of each add: MiniMax"),
@@ -91,7 +97,8 @@ class FamilyAdapter:
     attn_out: str | None = None
     mlp_out: str | None = None
     attn_extra: tuple[str, ...] = ()  # more modules whose outputs join the attention's (a parallel mixer)
-    mlp_extra: tuple[str, ...] = ()  # more modules whose outputs join the MLP's (a shared expert, per-layer inputs)
+    mlp_extra: tuple[str, ...] = ()  # more modules whose outputs join the MLP's (a shared expert, per-layer inputs);
+    # a path may name a config attribute in braces ("adapter_modules.{default_language}"), filled in from the config
     attn_norm: str | None = None  # the norm after the attention sum (post_ln; MiniMax's post-attention norm)
     mlp_norm: str | None = None  # the norm after the MLP sum (post_ln)
     mixers: tuple[str, ...] = ()  # non-attention token mixers of hybrid layers
@@ -208,6 +215,10 @@ ADAPTERS: tuple[FamilyAdapter, ...] = (
                   unembed="cls", **BERT_LIKE),
     FamilyAdapter("roberta_decoder", ("roberta", "camembert", "xlm-roberta", "data2vec-text"), unembed="lm_head",
                   **BERT_LIKE),
+    FamilyAdapter("xmod", ("xmod",), unembed="lm_head", **{**BERT_LIKE, "shape": "post_ln_adapter",
+                                                           "notes": "X-MOD: RoBERTa layers used as a causal decoder, "
+                                                                    "with the default language's adapter"},
+                  mlp_extra=("output.adapter_modules.{default_language}",)),
 )
 
 _BY_TYPE = {t: a for a in ADAPTERS for t in a.model_types}

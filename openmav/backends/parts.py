@@ -9,6 +9,7 @@ model's own logit transform (scale, soft-cap).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
@@ -254,10 +255,12 @@ class ModelParts:
             attn_out.append(out)
             mlp_out.append(find_module(block, m_path) or m)  # a hybrid's layer may lack the post-norm
             a_extra.append(tuple(m for m in (find_module(block, p) for p in adapter.attn_extra) if m is not None))
-            m_extra.append(tuple(m for m in (find_module(block, p) for p in adapter.mlp_extra) if m is not None))
+            m_extra.append(tuple(m for m in (find_module(block, _filled(p, tcfg)) for p in adapter.mlp_extra)
+                                 if m is not None))
             a_norm.append(find_module(block, adapter.attn_norm))
             m_norm.append(find_module(block, adapter.mlp_norm))
-            if adapter.shape == "post_ln" and (a_norm[-1] is None or m_norm[-1] is None):
+            if SHAPES[adapter.shape].compose == "post_ln" and adapter.shape != "mid_norm" \
+                    and (a_norm[-1] is None or m_norm[-1] is None):
                 raise UnsupportedModelError(f"block {i} lacks the post-LayerNorms {adapter.attn_norm!r}, "
                                             f"{adapter.mlp_norm!r}")
         if adapter.unembed and "+" in adapter.unembed:  # a chain of modules after the last block (a head with
@@ -294,6 +297,23 @@ class ModelParts:
             logit_scale=scale,
             final_logit_softcap=_softcap(config, adapter.softcap_attr), inferred=inferred,
         )
+
+
+def _filled(path: str, config) -> str | None:
+    """``path`` with each ``{attribute}`` replaced by the config's value (``None`` where the config has none)."""
+    if "{" not in path:
+        return path
+
+    def value(match):
+        got = getattr(config, match.group(1), None)
+        if got is None:
+            raise KeyError(match.group(1))
+        return str(got)
+
+    try:
+        return re.sub(r"\{(\w+)\}", value, path)
+    except KeyError:
+        return None
 
 
 def push_hook(v: torch.Tensor, applied: set | None = None):

@@ -44,7 +44,7 @@ from ..capture import fast_attention
 from ..capture.cached_forward import CachedForward
 from ..capture.hooks import attention_implementation
 from ..errors import UnsupportedModelError
-from .adapters import find_module
+from .adapters import SHAPES, find_module
 from .parts import ModelParts, config_int, push_hook, text_config
 from .probe import Probe, probe_forward, probe_ids, weights_of
 
@@ -89,6 +89,8 @@ def compose(parts: ModelParts, layer: int, pre: torch.Tensor, attn: torch.Tensor
     post = _times(parts.keep("mlp", layer), mid)
     if mlp is not None:
         post = post + _times(parts.share_scale("mlp_out", layer), mlp)
+    if SHAPES[parts.shape].after_norm:  # the extras join the normed sum, which is normed again (an adapter)
+        post = _normed(parts.mlp_norm[layer], post)
     for j, x in enumerate(mlp_extra):
         post = post + _times(parts.share_scale("mlp_extra", layer, j), x)
     return _normed(parts.mlp_norm[layer], post)

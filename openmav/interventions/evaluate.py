@@ -81,7 +81,8 @@ def batched_logits(lm, ids: torch.Tensor, batch: int, first: int, share_prefix: 
                 logits = _logits(lm, ids)
             if logits.shape[0] == batch:
                 return logits
-        except (RuntimeError, ValueError):  # shapes fixed before the expansion (ALiBi, masks, output views)
+        except (RuntimeError, ValueError, IndexError):  # shapes fixed before the expansion (ALiBi, masks, output
+            # views, X-MOD's per-row language ids)
             pass
         lm.extra["share_prefix"] = False
     return _logits(lm, ids.expand(batch, -1))
