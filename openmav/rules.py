@@ -458,6 +458,7 @@ class Cancel(Rule):
 
 
 INTEGER_DTYPES = ("int64", "int32")  # what an embedding takes
+_ALL_GOOD = object()  # what TokenIds finds when no entry of a list is a bad id
 
 
 class TokenIds(Rule):
@@ -483,8 +484,9 @@ class TokenIds(Rule):
                                  f"{type(value).__name__}: torch.tensor([ids]) makes one")
             row = value[0] if len(value) == 1 and isinstance(value[0], (list, tuple)) else value
             self._length(flag, len(row))
-            bad = next((x for x in row if isinstance(x, bool) or not isinstance(x, numbers.Integral)), None)
-            if bad is not None:
+            # the default is a fresh object, not None: ``[1, None]`` holds a bad id that is None
+            bad = next((x for x in row if isinstance(x, bool) or not isinstance(x, numbers.Integral)), _ALL_GOOD)
+            if bad is not _ALL_GOOD:
                 raise InputError(f"{flag} must hold whole-number token ids, got {shown(bad)}")
             self._range(flag, min(row), max(row))
             return value
@@ -502,6 +504,8 @@ class TokenIds(Rule):
                 ": one sequence at a time" if len(shape) == 2 else ""
             raise InputError(f"{flag} must have shape {self._shape_rule()}, got shape {list(shape)}{hint}")
         self._length(flag, shape[-1])
+        if getattr(value, "is_meta", False):
+            raise InputError(f"{flag} is a tensor on the meta device, which holds no values: give real token ids")
         self._range(flag, int(value.min()), int(value.max()))
         return value
 

@@ -6,9 +6,9 @@ import threading
 
 import torch
 
-from ..capture.inputs import check_ids, vocab_size
-from ..rules import DTYPES, SEED, Callback, Device, Flag, TokenIds, check_model_name, check_text
+from ..capture.inputs import check_ids
 from ..errors import InputError
+from ..rules import DTYPES, SEED, Callback, Device, Flag, check_model_name, check_text
 from .loading import LoadedModel, load_model, wrap_model
 
 
@@ -95,13 +95,21 @@ class TransformersBackend:
         return lm.tokenizer(text, return_tensors="pt").input_ids.to(lm.device)
 
     def decode(self, token_ids, skip_special_tokens: bool = False) -> str:
-        """The text of ``token_ids`` (a list, ``[P]`` or ``[1, P]``), each checked against the vocabulary."""
+        """The text of ``token_ids``: a list or tuple of ints (or ``[[ids]]``, one such row), or an integer
+        tensor or numpy array ``[P]`` or ``[1, P]``; always one string.
+
+        The rules of every token-id argument (:func:`~openmav.capture.inputs.check_ids`): at least one id,
+        no more than the model's context, every id a whole number in its vocabulary (a bool, a float, a
+        negative or out-of-vocabulary id, a batch of rows, text: one :class:`InputError`)."""
         Flag().check("skip_special_tokens", skip_special_tokens)
         lm = self.initialize()
-        TokenIds(vocab_size(lm), lists=True, one_d=True).check("token_ids", token_ids)
-        if isinstance(token_ids, torch.Tensor):
-            token_ids = token_ids.reshape(-1).tolist()
-        return self.tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens)
+        check_ids(lm, "token_ids", token_ids, lists=True, one_d=True)
+        if isinstance(token_ids, (list, tuple)):
+            row = token_ids[0] if len(token_ids) == 1 and isinstance(token_ids[0], (list, tuple)) else token_ids
+            ids = [int(i) for i in row]
+        else:  # a tensor or an array: its one row, as the tokenizer takes it (a 2-D one would decode as a batch)
+            ids = token_ids.reshape(-1).tolist()
+        return lm.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
 
     @torch.inference_mode()
     def generate(self, input_ids: torch.Tensor, past_key_values=None, output_attentions: bool = True,
