@@ -300,6 +300,58 @@ def test_merges_are_exact_in_any_grouping_and_order():
         assert np.array_equal(results[0][1][u], keys[u, order])
 
 
+def test_flat_offers_equal_padded_offers_and_the_exact_top_k():
+    """The reader's one-entry-per-candidate merge keeps what the padded merge keeps, contexts included, and both
+    keep each unit's k best (value descending, earlier key first) over everything offered."""
+    from openmav.scan.merge import TopK
+
+    rng = np.random.default_rng(3)
+    for trial in range(200):
+        units, k = 6, int(rng.integers(1, 6))
+        flat, padded = TopK(units, k, {"c": ((2,), np.float16)}), TopK(units, k, {"c": ((2,), np.float16)})
+        keys_left = rng.permutation(10_000)
+        seen = []
+        for step in range(5):
+            c = int(rng.integers(0, 15))
+            unit = rng.integers(0, units, c)
+            value = rng.integers(-2, 3, c).astype(np.float32)  # few distinct values: many ties
+            key = keys_left[step * 20:step * 20 + c].astype(np.int64)
+            order = np.lexsort((key, -value, unit))
+            unit, value, key = unit[order], value[order], key[order]
+            extra = rng.normal(size=(c, 2)).astype(np.float16)
+            flat.offer_flat(unit, value, key, {"c": extra})
+            v = np.full((units, c), -np.inf, np.float32)
+            kk = np.full((units, c), np.iinfo(np.int64).max)
+            e = np.full((units, c, 2), np.nan, np.float16)
+            v[unit, np.arange(c)], kk[unit, np.arange(c)], e[unit, np.arange(c)] = value, key, extra
+            padded.offer(v, kk, {"c": e})
+            seen += list(zip(unit, value, key))
+            assert np.array_equal(flat.values, padded.values) and np.array_equal(flat.keys, padded.keys), trial
+            filled = np.isfinite(flat.values)
+            assert np.array_equal(flat.extra["c"][filled], padded.extra["c"][filled]), trial
+        for u in range(units):
+            best = sorted((-val, key) for unit_, val, key in seen if unit_ == u)[:k]
+            assert [key for _, key in best] == flat.keys[u][:len(best)].tolist()
+
+
+def test_octave_bins_and_positive_counts_at_the_edges():
+    """Signed zeros, subnormals, exact powers of two at both ends and beyond them fall where the bins say."""
+    from openmav.scan.reduce import count_positive, histogram
+
+    special = [0.0, -0.0, 1e-40, -1e-40, 2.0 ** -11, -(2.0 ** -11), 2.0 ** -10, -(2.0 ** -10), 2.0 ** -9.5, 1.0,
+               -1.0, 1.5, 2.0 ** 13, 2.0 ** 14, -(2.0 ** 14), 3e38, -3e38, float("inf"), float("-inf")]
+    x = torch.tensor(special, dtype=torch.float32)[:, None]
+    magnitude = np.abs(np.array(special, dtype=np.float64))
+    octave = np.where(magnitude < 2.0 ** -10, 0,
+                      np.minimum(np.floor(np.log2(np.maximum(magnitude, 1e-300))) + 11, 25)).astype(int)
+    center = len(EDGES) // 2
+    expected = np.zeros(len(EDGES) + 1, dtype=np.int64)
+    for value, step in zip(special, octave):
+        expected[center - step if np.signbit(value) else center + step] += 1
+    assert histogram(x)[0].tolist() == expected.tolist()
+    assert count_positive(x).tolist() == [sum(v > 0 for v in special)]
+
+
 def test_queries(tiny, corpus, tmp_path):
     lm = tiny("llama")
     _, path = corpus

@@ -44,40 +44,47 @@ def head_grams(parts, layer: int) -> torch.Tensor:
     return torch.einsum("hde,hfe->hdf", w, w).float().cpu()
 
 
-def _code_bins() -> np.ndarray:
-    """``[512, N_BINS]`` one-hot: the bin of each float32 sign-and-exponent code (``bits >> 23``, -256 .. 255,
-    stored from index 0)."""
-    table = np.zeros((512, N_BINS), dtype=np.int64)
-    for code in range(-256, 256):
-        negative, exponent = code < 0, (code + 256 if code < 0 else code) - 127  # |x| in [2^e, 2^(e+1))
-        if exponent < LOW:
-            b = CENTER
-        else:
-            step = min(exponent, HIGH) - LOW + 1  # 1 .. HIGH - LOW + 1 (the open end)
-            b = CENTER - step if negative else CENTER + step
-        table[code + 256, b] = 1
-    return table
+OCTAVES = HIGH - LOW + 1  # octave bins on each side of the center, the open end included
+SLOTS = N_BINS + 1  # per unit: the bins, with the center split by the sign bit
 
 
-CODE_BINS = _code_bins()
-
-
-def code_counts(values: torch.Tensor) -> np.ndarray:
-    """``[units, 512]``: per unit, how many float32 ``values`` ``[positions, units]`` have each sign-and-exponent
-    code (``bits >> 23``, stored from -256); one shift, one add and one bincount over the values."""
+def octave_counts(values: torch.Tensor) -> np.ndarray:
+    """``[units, SLOTS]`` counts of float32 ``values`` ``[positions, units]`` by the octave of ``|x|`` and the
+    sign bit: slot ``CENTER - step`` for a negative ``x`` (-0.0 included), ``CENTER + 1 + step`` otherwise,
+    where ``step`` (0 .. :data:`OCTAVES`) counts the octaves of ``|x|`` from ``2^LOW`` up (0: below ``2^LOW``).
+    Read off the float's bits: the biased exponent, clamped, then ``step XOR (bits >> 31)``, which is ``step``
+    for a clear sign bit and ``-step - 1`` for a set one; then one bincount."""
     units = values.shape[1]
-    codes = values.contiguous().view(torch.int32) >> 23  # -256 .. 255
-    codes += torch.arange(256, units * 512, 512, dtype=torch.int32)
-    return torch.bincount(codes.view(-1), minlength=units * 512).view(units, 512).numpy()
+    bits = values.contiguous().view(torch.int32)
+    slot = (bits >> 23).bitwise_and_(255).sub_(127 + LOW - 1).clamp_(0, OCTAVES)  # step
+    slot.bitwise_xor_(bits >> 31).add_(_offsets(units))
+    return torch.bincount(slot.view(-1), minlength=units * SLOTS).view(units, SLOTS).numpy()
+
+
+_OFFSETS: dict[int, torch.Tensor] = {}
+
+
+def _offsets(units: int) -> torch.Tensor:
+    if units not in _OFFSETS:
+        _OFFSETS[units] = torch.arange(CENTER + 1, units * SLOTS, SLOTS, dtype=torch.int32)
+    return _OFFSETS[units]
+
+
+def count_positive(values: torch.Tensor) -> np.ndarray:
+    """``[units]``: how many of ``values`` ``[positions, units]`` are above zero (exact up to 2^24 positions)."""
+    return torch.sign(values).clamp_min_(0).nan_to_num_(0.0).sum(0).numpy().astype(np.int64)
+
+
+def center_merged(counts: np.ndarray) -> np.ndarray:
+    """``[units, N_BINS]`` of :func:`octave_counts`: the center's two slots added (``|x| < 2^LOW``, either sign)."""
+    hist = np.delete(counts, CENTER + 1, axis=1)
+    hist[:, CENTER] += counts[:, CENTER + 1]
+    return hist
 
 
 def histogram(values: torch.Tensor) -> np.ndarray:
     """``[units, N_BINS]`` counts of float32 ``values`` ``[positions, units]`` in the octave bins of :data:`EDGES`."""
-    return code_counts(values) @ CODE_BINS
-
-
-# codes 1 .. 255 are the positive floats from 2^-126 up (code 0 holds +0.0 and the subnormals below 2^-126)
-POSITIVE_CODES = slice(256 + 1, 512)
+    return center_merged(octave_counts(values))
 
 
 class Reader:
@@ -176,22 +183,18 @@ class Reader:
         group = f"{kind}/{layer}"
         node = self._node.setdefault(group, {})
         node.update(stats_of(values, count_pos=False))
-        counts = code_counts(values)
-        node["hist"] = counts @ CODE_BINS
-        node["count_pos"] = counts[:, POSITIVE_CODES].sum(1)  # values above zero (from 2^-126 up)
+        node["hist"], node["count_pos"] = center_merged(octave_counts(values)), count_positive(values)
         self._offer(group, values, node["max"])
 
-    def _induction_keys(self, q: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(keys [b, i, j] as floats, has [b, i])``: key ``j + 1`` for each earlier token ``j < i - 1`` equal to
-        token ``i``, and whether query ``i`` has any (once per batch: the same for every layer)."""
+    def _induction_keys(self, q: int) -> tuple[tuple[torch.Tensor, ...], int]:
+        """``((window, query, key) index tensors, queries)``: key ``j + 1`` for each earlier token ``j < i - 1``
+        equal to token ``i``, and how many queries have any (once per batch: the same for every layer)."""
         if self._induction is None:
-            ids = torch.as_tensor(self._batch.ids)
-            b = ids.shape[0]
+            ids = torch.as_tensor(self._batch.ids)[:, :q]
             same = ids[:, :, None] == ids[:, None, :]  # [b, i, j]
-            keys = torch.zeros(b, q, k, dtype=torch.bool)
-            keys[:, :, 1:] = same[:, :, :-1]  # key j+1 for a match at j
-            keys &= torch.ones(q, k, dtype=torch.bool).tril(-1)  # key < i
-            self._induction = (keys.float(), keys.any(-1))
+            same &= torch.ones(q, q, dtype=torch.bool).tril(-2)  # j < i - 1
+            w, i, j = same.nonzero(as_tuple=True)
+            self._induction = ((w, i, j + 1), int(same.any(-1).sum()))
         return self._induction
 
     def _pattern_fields(self, a: torch.Tensor) -> dict:
@@ -199,16 +202,22 @@ class Reader:
         b, h, q, k = a.shape
         rows = a[:, :, 1:, :]  # queries 1 ..
         idx = torch.arange(1, q)
-        keys, has = self._induction_keys(q, k)
-        induction = torch.einsum("bhik,bik->bhi", a, keys)
+        (w, i, j), with_induction = self._induction_keys(q)
+        entropy = torch.zeros(h, dtype=torch.float64)
+        top = torch.zeros(h, dtype=torch.float64)
+        step = max(16, q // 4)
+        for start in range(1, q, step):  # blocks of queries: a query's later keys are masked (weight 0, entropy 0)
+            block = a[:, :, start:start + step, :start + step]
+            entropy += torch.special.entr(block).sum(-1).double().sum((0, 2))
+            top += block.amax(-1).double().sum((0, 2))
         return {
-            "sum_entropy": torch.special.entr(rows).sum(-1).double().sum((0, 2)).numpy(),
-            "sum_max_weight": rows.amax(-1).double().sum((0, 2)).numpy(),
+            "sum_entropy": entropy.numpy(),
+            "sum_max_weight": top.numpy(),
             "sum_first_weight": rows[..., 0].double().sum((0, 2)).numpy(),
             "sum_prev_token": a[:, :, idx, idx - 1].double().sum((0, 2)).numpy(),
             "count_queries": np.int64(b * (q - 1)),
-            "sum_induction": (induction * has[:, None].float()).double().sum((0, 2)).numpy(),
-            "count_induction": np.int64(has.sum()),
+            "sum_induction": a[w, :, i, j].double().sum(0).numpy(),  # [matches, h]: the weights on those keys
+            "count_induction": np.int64(with_induction),
         }
 
     def _offer(self, group: str, values: torch.Tensor, batch_max: np.ndarray) -> None:
@@ -219,39 +228,65 @@ class Reader:
         n = values.shape[0]
         k = min(top.k, n)
         threshold = np.maximum(top.threshold(), self.floor[group])
-        if np.isfinite(threshold).any():
-            reach = torch.as_tensor(np.nonzero(batch_max >= threshold)[0])  # the batch's maximum reaches the k-th
+        finite = np.isfinite(threshold)
+        reach = np.arange(values.shape[1])
+        if finite.any():
+            reach = np.nonzero(batch_max >= threshold)[0]  # the batch's maximum reaches the k-th
             if len(reach) == 0:
                 return
-            cols = values.index_select(1, reach)
+        cols = values if len(reach) == values.shape[1] else values.index_select(1, torch.as_tensor(reach))
+        found = _above(cols, threshold[reach], k) if finite[reach].all() else None  # once lists are full
+        if found is None:
+            vals, pos = _best(cols, k)
+            local = np.repeat(np.arange(len(reach)), k)
+            vals, pos = vals.ravel(), pos.ravel()
+            enter = vals >= threshold[reach][local]
+            local, vals, pos = local[enter], vals[enter], pos[enter]
         else:
-            reach, cols = None, values
-        vals, pos = cols.topk(k, dim=0)  # [k, u]
-        kth = vals[-1]
-        ties = ((cols == kth).sum(0) > (vals == kth).sum(0)).nonzero().flatten().tolist()
-        vals, pos = vals.T.contiguous().numpy(), pos.T.contiguous().numpy()
-        for u in ties:  # more positions share the k-th value than topk kept: choose the earliest exactly
-            column = cols[:, u].numpy()
-            cand = np.nonzero(column >= column[pos[u, -1]])[0]
-            order = np.lexsort((cand, -column[cand]))[:k]
-            vals[u], pos[u] = column[cand[order]], cand[order]
-        units = np.arange(values.shape[1]) if reach is None else reach.numpy()
+            local, pos, vals = found
+        units = reach[local]
         T = self._batch.ids.shape[1]
         keys = (self._batch.first_window + pos // T) * self.plan.context + pos % T
-        enter = vals >= threshold[units][:, None]
-        ctx = np.full((len(units), k, CONTEXT), np.nan, dtype=np.float16)
-        uu, jj = np.nonzero(enter)
-        if len(uu):
-            p = torch.as_tensor(pos[uu, jj])
-            t = p % T
-            tt = t[:, None] + torch.arange(-BEFORE, AFTER + 1)
-            valid = (tt >= 0) & (tt < T)
-            rows = (p - t)[:, None] + tt.clamp(0, T - 1)
-            gathered = values[rows, torch.as_tensor(units[uu])[:, None]]
-            ctx[uu, jj] = torch.where(valid, gathered, torch.nan).numpy().astype(np.float16)
-        top.offer(np.where(enter, vals, -np.inf).astype(np.float32), np.where(enter, keys, np.iinfo(np.int64).max),
-                  {"context": ctx}, rows=None if reach is None else units)
+        p = torch.as_tensor(pos)
+        t = p % T
+        tt = t[:, None] + torch.arange(-BEFORE, AFTER + 1)
+        rows = (p - t)[:, None] + tt.clamp(0, T - 1)
+        gathered = values[rows, torch.as_tensor(units)[:, None]]  # [candidates, CONTEXT]
+        ctx = torch.where((tt >= 0) & (tt < T), gathered, torch.nan).numpy().astype(np.float16)
+        top.offer_flat(units, vals.astype(np.float32), keys, {"context": ctx})
         np.maximum(self.floor[group], top.threshold(), out=self.floor[group])
+
+
+def _best(cols: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(values, positions)`` ``[units, k]``: each column's ``k`` largest, ties by earlier position."""
+    vals, pos = cols.topk(k, dim=0)  # [k, u]
+    kth = vals[-1]
+    ties = ((cols == kth).sum(0) > (vals == kth).sum(0)).nonzero().flatten().tolist()
+    vals, pos = vals.T.contiguous().numpy(), pos.T.contiguous().numpy()
+    for u in ties:  # more positions share the k-th value than topk kept: choose the earliest exactly
+        column = cols[:, u].numpy()
+        cand = np.nonzero(column >= column[pos[u, -1]])[0]
+        order = np.lexsort((cand, -column[cand]))[:k]
+        vals[u], pos[u] = column[cand[order]], cand[order]
+    return vals, pos
+
+
+def _above(cols: torch.Tensor, threshold: np.ndarray, k: int):
+    """``(columns, positions, values)``, flat: each column's ``k`` largest among its values at or above its finite
+    ``threshold`` (ties by earlier position), found without a top-k over every position: only the values that
+    can enter are sorted, grouped by column in ascending order, each group in the lists' order.  ``None`` when
+    more than ``4 k`` per column on average reach (values tied at the threshold, e.g. a neuron that is always
+    zero): a top-k is then cheaper."""
+    p, u = (cols >= torch.as_tensor(threshold, dtype=cols.dtype)).nonzero(as_tuple=True)  # positions ascending
+    if len(p) > 4 * k * cols.shape[1]:
+        return None
+    v = cols[p, u] + 0.0  # -0.0 becomes +0.0, so equal values tie
+    bits = v.view(torch.int32)
+    ascending = torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)  # the floats' order, as integers
+    order = torch.argsort((u << 32) + (~ascending).long() + 2**31, stable=True)  # column, value descending
+    u, p, v = u[order].numpy(), p[order].numpy(), v[order].numpy()
+    keep = np.arange(len(u)) - np.searchsorted(u, u) < k  # its place within its column
+    return u[keep], p[keep], v[keep]
 
 
 class _Stop(Exception):

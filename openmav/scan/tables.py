@@ -11,7 +11,7 @@ unit                  int32      neuron index, head index, or 0 for ``resid``
 count                 int64      token positions read
 mean, std             float64    of the unit's value (population standard deviation)
 max                   float32    largest value
-frac_pos              float64    fraction of positions with a value above zero, from 2^-126 up ("density")
+frac_pos              float64    fraction of positions with a value above zero ("density")
 hist                  list<i64>  counts in the fixed octave bins of ``openmav.scan.plan.EDGES``
 entropy ...           float64    heads only: corpus means of entropy (nats), max_weight, first_weight,
                                  prev_token over queries ``i >= 1``, and induction (over the queries
