@@ -225,19 +225,37 @@ def path_effects(lm, clean_ids, corrupt_ids, metric: Metric, heads: list[Head]) 
     return [(s, r, float(v - values[0])) for (s, r), v in zip(pairs, values[1:])]
 
 
+def _real_numbers(name: str, values) -> np.ndarray:
+    """``values`` as a float array, refused in one line unless it holds real, finite numbers (not text, not
+    truth values: ``'1'`` and ``True`` are not measurements)."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().numpy() if values.device.type != "meta" else None
+    if isinstance(values, np.ndarray):
+        ok = values.dtype.kind in "iuf"
+    elif isinstance(values, (str, bytes)) or not hasattr(values, "__len__") or values is None:
+        ok = False
+    else:
+        ok = all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+                 for v in values)
+    array = np.asarray(values, dtype=float) if ok else None
+    if array is None or not np.isfinite(array).all():
+        raise InputError(f"{name} must be a sequence of finite numbers, got {shown(values)}")
+    return array
+
+
 def correlation(x, y) -> float | None:
-    """Pearson correlation of two sequences; ``None`` when either is constant or shorter than 2."""
-    for name, values in (("x", x), ("y", y)):
-        if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
-            raise InputError(f"{name} must be a sequence of numbers, got {shown(values)}")
-    try:
-        x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    except (TypeError, ValueError):
-        raise InputError(f"x and y must be sequences of numbers, got {shown(x)} and {shown(y)}") from None
+    """Pearson correlation of two sequences of finite numbers; ``None`` when either is constant or shorter
+    than 2."""
+    x, y = _real_numbers("x", x), _real_numbers("y", y)
     if x.ndim != 1 or y.ndim != 1 or x.shape != y.shape:
         raise InputError(f"x and y must be two sequences of the same length, got shapes {list(x.shape)} and "
                          f"{list(y.shape)}")
-    if x.size < 2 or x.std() == 0 or y.std() == 0:
+    return _pearson(x, y)
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float | None:
+    """Pearson correlation; ``None`` when either is constant, shorter than 2 or not finite."""
+    if x.size < 2 or not (np.isfinite(x).all() and np.isfinite(y).all()) or x.std() == 0 or y.std() == 0:
         return None
     return float(np.corrcoef(x, y)[0, 1])
 
@@ -329,7 +347,8 @@ def discover_circuit(lm, clean_ids, corrupt_ids, metric: Metric, top_n: int = 8,
         return circuit
     effect_of = dict(zip(to_verify, effects.tolist()))
     circuit.n_verified = len(to_verify)
-    circuit.correlation = correlation([attribution[h] for h in to_verify], effects)
+    circuit.correlation = _pearson(np.array([attribution[h] for h in to_verify], dtype=float),
+                                   np.asarray(effects.tolist(), dtype=float).reshape(-1))
     circuit.verified = _grid(parts, to_verify, effects)  # NaN where not verified or a layer has no attention
     top = sorted(to_verify, key=lambda h: -abs(effect_of[h]))[:top_n]
     circuit.nodes = [{"layer": l, "head": h, "attribution": float(attribution[l, h]), "effect": effect_of[(l, h)],
