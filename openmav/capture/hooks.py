@@ -17,14 +17,13 @@ Standard capture names (``b`` batch, ``p`` position, ``h`` head, ``q``/``k`` que
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
 
 import torch
 
 from ..errors import OutsideContextError
 
-if TYPE_CHECKING:  # an annotation only: the engine sits below model loading and never imports it
-    from ..backends.parts import ModelParts
+# `ModelParts` in annotations names openmav.backends' class without importing it: the engine sits below
+# model loading and never imports it, not even for type checking (the layers contract counts those too).
 
 
 def first_output(output):
@@ -68,7 +67,7 @@ class CaptureHooks:
     may be switched on for one forward (the prompt) to keep whole patterns.
     """
 
-    def __init__(self, parts: ModelParts, attention: bool = True, last_only: bool = True):
+    def __init__(self, parts: "ModelParts", attention: bool = True, last_only: bool = True):
         self.parts = parts
         self.want_attention = attention
         self.last_only = last_only

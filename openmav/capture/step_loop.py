@@ -11,7 +11,7 @@ import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -28,8 +28,8 @@ from .records import StepRecord
 from .sampling import Sampler, SamplingConfig
 from .tokens import IncrementalDecoder, TokenTexts
 
-if TYPE_CHECKING:  # an annotation only: the engine sits below model loading and never imports it
-    from ..backends.loading import LoadedModel
+# `LoadedModel` in annotations names openmav.backends' class without importing it: the engine sits below
+# model loading and never imports it, not even for type checking (the layers contract counts those too).
 
 
 @dataclass(frozen=True)
@@ -71,14 +71,14 @@ LENS_BATCH_MAX = 4096  # steps per lens product: [batch * layers, d] rows held u
 LENS_BYTES_MAX = 2**31  # logit_lens refuses an output [rows, vocab] larger than this: pass fewer rows at a time
 
 
-def attention_rows_implementation(lm: LoadedModel) -> str:
+def attention_rows_implementation(lm: "LoadedModel") -> str:
     """``"openmav_rows"`` (fast kernel for the output, probability rows beside it) where it was checked
     equal to eager attention on this model at load, else ``"eager"``."""
     ok = lm.extra.get("fast_attention_rows", lm.parts.rows_function)  # checked at load (find_parts)
     return fast_attention.register() if ok else "eager"
 
 
-def token_texts(lm: LoadedModel) -> TokenTexts:
+def token_texts(lm: "LoadedModel") -> TokenTexts:
     """The (cached) :class:`TokenTexts` of a loaded model's tokenizer."""
     cached = lm.extra.get("token_texts")
     if cached is None:
@@ -86,7 +86,7 @@ def token_texts(lm: LoadedModel) -> TokenTexts:
     return cached
 
 
-def encode_prompt(lm: LoadedModel, prompt: str, max_new_tokens: int = 0) -> torch.Tensor:
+def encode_prompt(lm: "LoadedModel", prompt: str, max_new_tokens: int = 0) -> torch.Tensor:
     """Token ids ``[1, P]`` for ``prompt``; errors for a prompt that is not text, is empty, is not valid
     UTF-8 or is past the context (counted before a tensor is made)."""
     if prompt is not None:
@@ -105,7 +105,7 @@ def encode_prompt(lm: LoadedModel, prompt: str, max_new_tokens: int = 0) -> torc
     return torch.tensor([ids], dtype=torch.long, device=lm.device)
 
 
-def logit_lens(lm: LoadedModel, resid: torch.Tensor) -> torch.Tensor:
+def logit_lens(lm: "LoadedModel", resid: torch.Tensor) -> torch.Tensor:
     """Logits of the logit lens, ``unembed(final_norm(resid))`` for each row of ``resid [n, d]``.
 
     The final norm is applied to each row with that row's own statistics; Gemma's
@@ -154,7 +154,7 @@ def _check_finite(logits: torch.Tensor, step: int, lm=None) -> None:
         raise NonFiniteLogitsError(nonfinite_message(lm, step))
 
 
-def generate_steps(lm: LoadedModel, prompt: str | None = None, max_new_tokens: int = 50,
+def generate_steps(lm: "LoadedModel", prompt: str | None = None, max_new_tokens: int = 50,
                    sampling: SamplingConfig | None = None, capture: CaptureConfig | None = None,
                    stop_at_eos: bool = True, input_ids: torch.Tensor | None = None) -> Iterator[StepRecord]:
     """Generate up to ``max_new_tokens`` tokens, yielding one :class:`StepRecord` per token.
@@ -286,7 +286,7 @@ def _closing(lens: LensQueue | None):
             lens.close()
 
 
-def _eos_ids(lm: LoadedModel) -> list[int]:
+def _eos_ids(lm: "LoadedModel") -> list[int]:
     ids = []
     for source in (getattr(lm.model, "generation_config", None), lm.model.config, lm.tokenizer):
         value = getattr(source, "eos_token_id", None)
