@@ -23,6 +23,8 @@ on the tokens around each (:data:`BEFORE` before, :data:`AFTER` after).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -61,13 +63,10 @@ def octave_counts(values: torch.Tensor) -> np.ndarray:
     return torch.bincount(slot.view(-1), minlength=units * SLOTS).view(units, SLOTS).numpy()
 
 
-_OFFSETS: dict[int, torch.Tensor] = {}
-
-
+@functools.lru_cache(maxsize=None)
 def _offsets(units: int) -> torch.Tensor:
-    if units not in _OFFSETS:
-        _OFFSETS[units] = torch.arange(CENTER + 1, units * SLOTS, SLOTS, dtype=torch.int32)
-    return _OFFSETS[units]
+    """Each unit's first slot, plus the center's place: the slot of a value is its step XOR sign plus this."""
+    return torch.arange(CENTER + 1, units * SLOTS, SLOTS, dtype=torch.int32)
 
 
 def count_positive(values: torch.Tensor) -> np.ndarray:
@@ -225,8 +224,7 @@ class Reader:
         the running lists; only units with a value reaching their running k-th best are searched, and contexts
         are gathered only for candidates that can enter."""
         top = self.topk[group]
-        n = values.shape[0]
-        k = min(top.k, n)
+        k = min(top.k, values.shape[0])
         threshold = np.maximum(top.threshold(), self.floor[group])
         finite = np.isfinite(threshold)
         reach = np.arange(values.shape[1])

@@ -128,13 +128,8 @@ class RayRunner:
 
     def _stop_head(self) -> None:
         head, self._head = self._head, None
-        if head is not None and head.poll() is None:
-            head.terminate()  # `ray start --block` stops every process it started on SIGTERM
-            try:
-                head.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                head.kill()
-                head.wait()
+        if head is not None:
+            stop_head(head)
 
 
 # The head runs in a fresh child: the parent of every Ray process is then a single-threaded interpreter.
@@ -167,6 +162,18 @@ def _token_auth_on() -> None:
         pass
 
 
+def stop_head(head: subprocess.Popen) -> None:
+    """Stop a head :func:`start_local_head` started (``ray start --block`` stops every process it started on
+    SIGTERM); killed if it has not ended within a minute."""
+    if head.poll() is None:
+        head.terminate()
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            head.kill()
+            head.wait()
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -197,12 +204,7 @@ def start_local_head(cpus: int, timeout: float = 180.0) -> tuple[subprocess.Pope
 
     threading.Thread(target=read, name="openmav-ray-head", daemon=True).start()
     if not ready.wait(timeout) or head.poll() is not None:
-        if head.poll() is None:
-            head.terminate()
-            try:
-                head.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                head.kill()
+        stop_head(head)
         last = next((line for line in reversed(lines) if line.strip()), "no output")
         raise InputError(f"cannot start a local Ray cluster: {last.strip()}")
     return head, f"127.0.0.1:{port}"
