@@ -26,6 +26,7 @@ prints and the README's table is made from.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
 from dataclasses import asdict, dataclass, field
@@ -63,6 +64,11 @@ BUILDS = (("2 layers", 2, False), ("4 layers, real settings", 4, True))
 # classes of refusal, by what the first failed check says (first match wins)
 REFUSALS = (
     ("residual streams", "several residual streams"),
+    ("times in one forward", "blocks run more than once per forward"),
+    ("attention sub-layers", "several attention sub-layers per block"),
+    ("no module per layer", "no module per layer"),
+    ("positions of its own", "positions the model adds"),
+    ("positions first", "not a left-to-right stack"),
     ("no list of transformer blocks", "no list of blocks of the configured depth"),
     ("not read at the place or scale", "a share misread at its own size"),
     ("residual stream between", "the stream edited between blocks"),
@@ -351,6 +357,14 @@ def summary(payload: dict) -> dict:
             "inferred": sum(r["how"] == "inferred" for r in passed), "builds": builds}
 
 
+def _why(reason: str) -> str:
+    """A refusal as the table shows it: what the model does, without the line's frame (which class could not
+    be read, which adapter was tried, the advice at the end)."""
+    reason = re.sub(r"\w+ \([\w.-]+\) cannot be read safely: (inferred adapter: )?", "", reason)
+    return re.sub(r"\. (Report the model type if it should be read|Its weights are \w+: try --dtype float32, or "
+                  r"report the model type)$", "", reason)
+
+
 def markdown_table(payload: dict) -> str:
     """The README's "Supported models" section body, generated from the sweep."""
     s = summary(payload)
@@ -371,9 +385,10 @@ def markdown_table(payload: dict) -> str:
              "| --- | " + " | ".join("---" for _ in (names or ["result"])) + " | --- | --- | --- | --- |"]
     rows = payload["results"]
     for r in [r for r in rows if r["status"] != "unrunnable"]:
-        why = r["reason"].replace("|", "\\|")[:140]
+        why = _why(r["reason"]).replace("|", "\\|")[:200]
         cells = [(r.get("builds") or {}).get(n, {}).get("status", "") for n in names] or [r["status"]]
-        adapter = r["adapter"] if r["adapter"].startswith(f"{r['how']}:") else f"{r['adapter']} ({r['how']})"
+        adapter = r["adapter"] if r["adapter"].startswith(f"{r['how']}:") or not r["adapter"] \
+            else f"{r['adapter']} ({r['how']})"
         lines.append(f"| {r['model_type']} | " + " | ".join(cells) + f" | {adapter} | "
                      f"{r['shape']} | {r['layers']} | {why} |")
     unrunnable = [r for r in rows if r["status"] == "unrunnable"]

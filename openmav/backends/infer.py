@@ -31,6 +31,8 @@ from ..errors import UnsupportedModelError
 from .adapters import FamilyAdapter, find_module
 from .parts import N_HEADS_ATTRS, N_LAYERS_ATTRS, SOFTCAP_ATTRS, ModelParts, config_int, push_hook, text_config
 from .probe import probe_forward
+from .refusals import (refuse_depth, refuse_depth_states, refuse_head, refuse_loops, refuse_parallel_lists,
+                       refuse_projection, refuse_streams)
 
 SKIP_TOWERS = ("vision", "visual", "image", "audio", "speech", "vq", "patch", "img", "mtp")
 O_NAMES = ("o_proj", "out_proj", "dense", "c_proj", "wo", "out_lin", "o", "Wo", "proj", "linear_out", "out")
@@ -60,10 +62,13 @@ def _is_norm(module) -> bool:
 def _blocks_path(model, n_layers: int | None) -> str:
     lists = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.ModuleList) and len(m) > 0
              and all(isinstance(b, torch.nn.Module) and len(list(b.children())) > 0 for b in m)]
+    every = [(n, m) for n, m in lists if not any(w in n.lower() for w in SKIP_TOWERS)]
     if n_layers:
         lists = [(n, m) for n, m in lists if len(m) == n_layers]
     text = [(n, m) for n, m in lists if not any(w in n.lower() for w in SKIP_TOWERS)]
     if not text:
+        if n_layers:  # the stack loops, or a block holds several layers: say which
+            refuse_depth(model, n_layers, every)
         raise UnsupportedModelError("no list of transformer blocks found in the module tree"
                                     + (f" (none with {n_layers} entries)" if n_layers else ""))
     text.sort(key=lambda nm: (0 if any(w in nm[0] for w in ("language_model", "decoder", "text")) else 1,
@@ -111,7 +116,9 @@ def infer_adapter(model) -> FamilyAdapter:
         raise UnsupportedModelError(f"the blocks {blocks_path!r} did not run on text input")
     ran = [b for b in blocks if b in run.outputs]  # Mllama's cross-attention layers skip text-only input
     hidden = hidden or run.outputs[ran[0]].shape[-1]
-    _refuse_streams(ran[0], run, config_int(tcfg, "hidden_size", "n_embd", "d_model"))
+    refuse_streams(ran[0], run, config_int(tcfg, "hidden_size", "n_embd", "d_model"))
+    refuse_loops(blocks, run, blocks_path)
+    refuse_parallel_lists(model, blocks_path, blocks, run)
     attn_paths, mixer_paths, attention_layers = set(), set(), []
     first_attn, n_heads = None, None
     for i, b in enumerate(blocks):
@@ -133,6 +140,8 @@ def infer_adapter(model) -> FamilyAdapter:
     ref = first_attn or ran[0]
     o_proj = _pick_linear(ref.get_submodule(_child_holding(ref, attn_path)), _child_holding(ref, attn_path),
                           hidden, O_NAMES) if first_attn is not None else None
+    if first_attn is not None and o_proj is None:
+        refuse_projection(ref, attn_path)
     mlp_path = _mlp_path(ref, attn_path)
     down = None
     if mlp_path:
@@ -162,6 +171,7 @@ def infer_adapter(model) -> FamilyAdapter:
             except UnsupportedModelError:
                 continue
         else:
+            refuse_depth_states(model, ran[-1], run.ids, hidden)
             raise
     mixer_out = None
     mixer_block = next((b for i, b in enumerate(blocks) if i not in attention_layers and i not in skipped), None)
@@ -390,19 +400,6 @@ def _mid_norm_search(run, named, norms, pre, post, tol, a_cands, m_cands):
                 if coef is not None and all(c > MIN_SHARE for c in coef):
                     return "mid_norm", a, m, (n, None), "fitted"
     return None
-
-
-def _refuse_streams(block, run, width: int | None = None) -> None:
-    """One line for blocks whose residual is several streams (hyper-connections): ``[b, p, n, d]``, or ``n``
-    streams of the model's width side by side ``[b, p, n * d]``."""
-    out = run.outputs.get(block)
-    n = out.shape[-2] if out is not None and out.dim() == 4 else None
-    if out is not None and out.dim() == 3 and width and out.shape[-1] > width and out.shape[-1] % width == 0:
-        n = out.shape[-1] // width
-    if n:
-        raise UnsupportedModelError(f"{type(block).__name__} carries {n} residual streams "
-                                    "(hyper-connections, mixed by learned weights in every block); the engine "
-                                    "reads one residual stream, with one norm and one lens per layer")
 
 
 def _regroup(row: FamilyAdapter, block, run) -> FamilyAdapter:
@@ -656,6 +653,7 @@ def _head(model, blocks, run, tcfg):
             c = _lstsq([y], run.logits, tol)
             if c is not None and c[0] > 0:
                 return norm, head, (None, None, None, _clean(c[0]))
+    refuse_head(model, blocks, run, tcfg)
     raise UnsupportedModelError("no final norm and unembedding turn the last block's output into the model's logits")
 
 
