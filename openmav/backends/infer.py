@@ -17,7 +17,8 @@ candidates; what decides is one probe forward (:mod:`openmav.backends.probe`):
   the last block's output into the model's logits (with the config's logit scale).
 
 The row found is then resolved and checked by :func:`openmav.backends.verify.verify_parts`
-like any declared row.
+like any declared row.  Where the search finds none because the model is not one residual stream
+through blocks run once each, :mod:`openmav.backends.refusals` says what it does instead.
 """
 
 from __future__ import annotations

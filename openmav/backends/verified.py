@@ -27,7 +27,7 @@ from .sources import cache_dir
 
 VERSION = 2  # the record's layout and what a verdict means (2: shares pushed at their own size, the stream end to end)
 # the modules whose code decides a verdict: a change in any of them (a new check) verifies again
-_DECIDERS = ("adapters.py", "parts.py", "infer.py", "probe.py", "verify.py", "find.py")
+_DECIDERS = ("adapters.py", "parts.py", "infer.py", "refusals.py", "probe.py", "verify.py", "find.py")
 
 
 def verified_dir() -> Path:
