@@ -123,7 +123,8 @@ def nnsight_topk(batches):
         best = [None] * layers
         offset = 0
         for ids in batches:
-            with model.trace(ids):  # nnsight runs the block apart: a comprehension's names do not come back
+            # without no_grad each batch's autograd graph stays alive through the running top-k (past 24 GB here)
+            with torch.no_grad(), model.trace(ids):  # a comprehension's names do not come back from nnsight's block
                 saved = list().save()
                 for layer in model.model.layers[:layers]:
                     saved.append(layer.mlp.down_proj.input)

@@ -373,6 +373,28 @@ def test_octave_bins_and_positive_counts_at_the_edges():
     assert count_positive(x).tolist() == [sum(v > 0 for v in special)]
 
 
+def test_octave_counts_per_unit_with_and_without_zeros():
+    """Units whose values hold +0.0, subnormals, NaN or infinities are counted exactly beside units that hold none
+    (the count above zero is read off the exponent codes only where no such value is)."""
+    from openmav.scan.reduce import histogram, octave_counts
+
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((300, 40)) * np.exp2(rng.integers(-14, 16, (300, 40)))).astype(np.float32)
+    x[:, :8] = np.maximum(x[:, :8], 0)  # ReLU-like units: many +0.0
+    x[5, 9], x[6, 10], x[7, 11], x[8, 12], x[9, 13] = np.nan, np.inf, -np.inf, 1e-40, -0.0
+    t = torch.from_numpy(x)
+    _, above = octave_counts(t)
+    assert above.tolist() == (x > 0).sum(0).tolist()
+    bins = np.concatenate([[-np.inf], EDGES, [np.inf]])
+    finite = np.isfinite(x)
+    for u in range(x.shape[1]):
+        expected = np.histogram(x[finite[:, u], u], bins)[0]
+        got = histogram(t[:, u:u + 1])[0] - (histogram(t[~torch.from_numpy(finite[:, u]), u:u + 1])[0]
+                                            if not finite[:, u].all() else 0)
+        assert got.tolist() == expected.tolist(), u
+    assert (histogram(t).sum(1) == 300).all()
+
+
 def test_queries(tiny, corpus, tmp_path):
     lm = tiny("llama")
     _, path = corpus

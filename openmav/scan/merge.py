@@ -42,10 +42,10 @@ def stats_of(values, count_pos: bool = True) -> dict:
     mean = values.sum(0) / n  # two passes: torch.var_mean along the positions is several times slower on a CPU
     deviation = values - mean
     m2 = deviation.mul_(deviation).sum(0)  # (torch.linalg.vector_norm along the positions is slow on a CPU too)
-    out = {"n": np.int64(n), "mean": mean.double().numpy(), "m2": m2.double().numpy(),
-           "max": values.amax(0).float().numpy()}
+    out = {"n": np.int64(n), "mean": mean.double().cpu().numpy(), "m2": m2.double().cpu().numpy(),
+           "max": values.amax(0).float().cpu().numpy()}
     if count_pos:
-        out["count_pos"] = (values > 0).sum(0).numpy().astype(np.int64)
+        out["count_pos"] = (values > 0).sum(0).cpu().numpy().astype(np.int64)
     return out
 
 

@@ -43,35 +43,52 @@ def head_grams(parts, layer: int) -> torch.Tensor:
         basis = torch.eye(H * d, dtype=param.dtype, device=param.device)
         rows = first_output(module(torch.cat([basis, torch.zeros_like(basis[:1])]).unsqueeze(0)))[0].double()
     w = (rows[:-1] - rows[-1]).view(H, d, -1)  # [H, d, D]
-    return torch.einsum("hde,hfe->hdf", w, w).float().cpu()
+    return torch.einsum("hde,hfe->hdf", w, w).float()
 
 
 OCTAVES = HIGH - LOW + 1  # octave bins on each side of the center, the open end included
 SLOTS = N_BINS + 1  # per unit: the bins, with the center split by the sign bit
+CODES = 512  # a float32's sign and biased exponent: its top 9 bits
+# the codes' first exponent of each octave step, for np.add.reduceat: step 0 holds exponents 0 .. 127 + LOW - 1
+# (|x| < 2^LOW, zero and subnormals included), step s the exponent 127 + LOW - 1 + s, the last step every larger one
+# (infinities and NaN included)
+_STEP_STARTS = np.concatenate([[0], np.arange(127 + LOW, 127 + LOW + OCTAVES)])
 
 
-def octave_counts(values: torch.Tensor) -> np.ndarray:
-    """``[units, SLOTS]`` counts of float32 ``values`` ``[positions, units]`` by the octave of ``|x|`` and the
-    sign bit: slot ``CENTER - step`` for a negative ``x`` (-0.0 included), ``CENTER + 1 + step`` otherwise,
-    where ``step`` (0 .. :data:`OCTAVES`) counts the octaves of ``|x|`` from ``2^LOW`` up (0: below ``2^LOW``).
-    Read off the float's bits: the biased exponent, clamped, then ``step XOR (bits >> 31)``, which is ``step``
-    for a clear sign bit and ``-step - 1`` for a set one; then one bincount."""
+def octave_counts(values: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """``([units, SLOTS], [units])`` of float32 ``values`` ``[positions, units]``: counts by the octave of ``|x|``
+    and the sign bit, and the count above zero.
+
+    Slot ``CENTER - step`` holds a negative ``x`` (-0.0 included), ``CENTER + 1 + step`` the others, where ``step``
+    (0 .. :data:`OCTAVES`) counts the octaves of ``|x|`` from ``2^LOW`` up (0: below ``2^LOW``).  Read off the
+    float's bits: an arithmetic shift by 23 leaves the sign and the biased exponent as one code in -256 .. 255;
+    one bincount counts (code, unit) pairs, laid out code-major so that neighbouring values (neighbouring units)
+    count into neighbouring cells; the codes then fold into octave steps.  The count above zero is the positive
+    codes of exponent 1 .. 254; only units that hold a positive code of exponent 0 (+0.0 or a subnormal) or 255
+    (+inf or NaN) are compared one by one."""
     units = values.shape[1]
-    bits = values.contiguous().view(torch.int32)
-    slot = (bits >> 23).bitwise_and_(255).sub_(127 + LOW - 1).clamp_(0, OCTAVES)  # step
-    slot.bitwise_xor_(bits >> 31).add_(_offsets(units))
-    return torch.bincount(slot.view(-1), minlength=units * SLOTS).view(units, SLOTS).numpy()
+    codes = (values.contiguous().view(torch.int32) >> 23).mul_(units).add_(_code_offsets(units, values.device))
+    counts = host(torch.bincount(codes.view(-1), minlength=CODES * units).view(CODES, units))
+    negative = np.add.reduceat(counts[:256], _STEP_STARTS, axis=0)  # [steps, units]
+    positive = np.add.reduceat(counts[256:], _STEP_STARTS, axis=0)
+    slots = np.concatenate([negative[::-1], positive]).T
+    above = counts[257:511].sum(0)
+    unsure = np.nonzero(counts[256] | counts[511])[0]
+    if len(unsure):
+        above[unsure] = host((values.index_select(1, torch.as_tensor(unsure, device=values.device)) > 0).sum(0))
+    return slots, above
 
 
 @functools.lru_cache(maxsize=None)
-def _offsets(units: int) -> torch.Tensor:
-    """Each unit's first slot, plus the center's place: the slot of a value is its step XOR sign plus this."""
-    return torch.arange(CENTER + 1, units * SLOTS, SLOTS, dtype=torch.int32)
+def _code_offsets(units: int, device: torch.device) -> torch.Tensor:
+    """Each unit's cell in the code-major layout, plus 256 rows: a code of -256 .. 255 (a set sign bit shifts in
+    negative) times ``units`` plus this is its (code, unit) cell, the negative values' exponents first."""
+    return torch.arange(256 * units, 257 * units, dtype=torch.int32, device=device)
 
 
 def count_positive(values: torch.Tensor) -> np.ndarray:
-    """``[units]``: how many of ``values`` ``[positions, units]`` are above zero (exact up to 2^24 positions)."""
-    return torch.sign(values).clamp_min_(0).nan_to_num_(0.0).sum(0).numpy().astype(np.int64)
+    """``[units]``: how many of ``values`` ``[positions, units]`` are above zero."""
+    return octave_counts(values)[1]
 
 
 def center_merged(counts: np.ndarray) -> np.ndarray:
@@ -83,7 +100,7 @@ def center_merged(counts: np.ndarray) -> np.ndarray:
 
 def histogram(values: torch.Tensor) -> np.ndarray:
     """``[units, N_BINS]`` counts of float32 ``values`` ``[positions, units]`` in the octave bins of :data:`EDGES`."""
-    return center_merged(octave_counts(values))
+    return center_merged(octave_counts(values)[0])
 
 
 class Reader:
@@ -182,16 +199,17 @@ class Reader:
         group = f"{kind}/{layer}"
         node = self._node.setdefault(group, {})
         node.update(stats_of(values, count_pos=False))
-        node["hist"], node["count_pos"] = center_merged(octave_counts(values)), count_positive(values)
+        slots, node["count_pos"] = octave_counts(values)
+        node["hist"] = center_merged(slots)
         self._offer(group, values, node["max"])
 
     def _induction_keys(self, q: int) -> tuple[tuple[torch.Tensor, ...], int]:
         """``((window, query, key) index tensors, queries)``: key ``j + 1`` for each earlier token ``j < i - 1``
         equal to token ``i``, and how many queries have any (once per batch: the same for every layer)."""
         if self._induction is None:
-            ids = torch.as_tensor(self._batch.ids)[:, :q]
+            ids = torch.as_tensor(self._batch.ids, device=self.lm.device)[:, :q]
             same = ids[:, :, None] == ids[:, None, :]  # [b, i, j]
-            same &= torch.ones(q, q, dtype=torch.bool).tril(-2)  # j < i - 1
+            same &= torch.ones(q, q, dtype=torch.bool, device=ids.device).tril(-2)  # j < i - 1
             w, i, j = same.nonzero(as_tuple=True)
             self._induction = ((w, i, j + 1), int(same.any(-1).sum()))
         return self._induction
@@ -200,22 +218,22 @@ class Reader:
         """Per head sums over queries ``i >= 1`` of ``a`` ``[b, h, q, k]`` (see the module docstring)."""
         b, h, q, k = a.shape
         rows = a[:, :, 1:, :]  # queries 1 ..
-        idx = torch.arange(1, q)
+        idx = torch.arange(1, q, device=a.device)
         (w, i, j), with_induction = self._induction_keys(q)
-        entropy = torch.zeros(h, dtype=torch.float64)
-        top = torch.zeros(h, dtype=torch.float64)
+        entropy = torch.zeros(h, dtype=torch.float64, device=a.device)
+        top = torch.zeros(h, dtype=torch.float64, device=a.device)
         step = max(16, q // 4)
         for start in range(1, q, step):  # blocks of queries: a query's later keys are masked (weight 0, entropy 0)
             block = a[:, :, start:start + step, :start + step]
             entropy += torch.special.entr(block).sum(-1).double().sum((0, 2))
             top += block.amax(-1).double().sum((0, 2))
         return {
-            "sum_entropy": entropy.numpy(),
-            "sum_max_weight": top.numpy(),
-            "sum_first_weight": rows[..., 0].double().sum((0, 2)).numpy(),
-            "sum_prev_token": a[:, :, idx, idx - 1].double().sum((0, 2)).numpy(),
+            "sum_entropy": host(entropy),
+            "sum_max_weight": host(top),
+            "sum_first_weight": host(rows[..., 0].double().sum((0, 2))),
+            "sum_prev_token": host(a[:, :, idx, idx - 1].double().sum((0, 2))),
             "count_queries": np.int64(b * (q - 1)),
-            "sum_induction": a[w, :, i, j].double().sum(0).numpy(),  # [matches, h]: the weights on those keys
+            "sum_induction": host(a[w, :, i, j].double().sum(0)),  # [matches, h]: the weights on those keys
             "count_induction": np.int64(with_induction),
         }
 
@@ -226,31 +244,31 @@ class Reader:
         top = self.topk[group]
         k = min(top.k, values.shape[0])
         threshold = np.maximum(top.threshold(), self.floor[group])
-        finite = np.isfinite(threshold)
-        reach = np.arange(values.shape[1])
-        if finite.any():
-            reach = np.nonzero(batch_max >= threshold)[0]  # the batch's maximum reaches the k-th
-            if len(reach) == 0:
-                return
-        cols = values if len(reach) == values.shape[1] else values.index_select(1, torch.as_tensor(reach))
-        found = _above(cols, threshold[reach], k) if finite[reach].all() else None  # once lists are full
+        reach = batch_max >= threshold  # the batch's maximum reaches the unit's k-th
+        if not reach.any():
+            return
+        # once every list is full, the values at or above their unit's k-th are found in place (no copy of columns)
+        full = np.isfinite(threshold[reach]).all()
+        found = _above(values, np.where(reach, threshold, np.inf), k) if full else None
         if found is None:
+            reach = np.nonzero(reach)[0]
+            cols = values if len(reach) == values.shape[1] else values.index_select(
+                1, torch.as_tensor(reach, device=values.device))
             vals, pos = _best(cols, k)
             local = np.repeat(np.arange(len(reach)), k)
             vals, pos = vals.ravel(), pos.ravel()
             enter = vals >= threshold[reach][local]
-            local, vals, pos = local[enter], vals[enter], pos[enter]
+            units, vals, pos = reach[local[enter]], vals[enter], pos[enter]
         else:
-            local, pos, vals = found
-        units = reach[local]
+            units, pos, vals = found
         T = self._batch.ids.shape[1]
         keys = (self._batch.first_window + pos // T) * self.plan.context + pos % T
-        p = torch.as_tensor(pos)
+        p = torch.as_tensor(pos, device=values.device)
         t = p % T
-        tt = t[:, None] + torch.arange(-BEFORE, AFTER + 1)
+        tt = t[:, None] + torch.arange(-BEFORE, AFTER + 1, device=values.device)
         rows = (p - t)[:, None] + tt.clamp(0, T - 1)
-        gathered = values[rows, torch.as_tensor(units)[:, None]]  # [candidates, CONTEXT]
-        ctx = torch.where((tt >= 0) & (tt < T), gathered, torch.nan).numpy().astype(np.float16)
+        gathered = values[rows, torch.as_tensor(units, device=values.device)[:, None]]  # [candidates, CONTEXT]
+        ctx = host(torch.where((tt >= 0) & (tt < T), gathered, torch.nan)).astype(np.float16)
         top.offer_flat(units, vals.astype(np.float32), keys, {"context": ctx})
         np.maximum(self.floor[group], top.threshold(), out=self.floor[group])
 
@@ -260,9 +278,9 @@ def _best(cols: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
     vals, pos = cols.topk(k, dim=0)  # [k, u]
     kth = vals[-1]
     ties = ((cols == kth).sum(0) > (vals == kth).sum(0)).nonzero().flatten().tolist()
-    vals, pos = vals.T.contiguous().numpy(), pos.T.contiguous().numpy()
+    vals, pos = host(vals.T), host(pos.T)
     for u in ties:  # more positions share the k-th value than topk kept: choose the earliest exactly
-        column = cols[:, u].numpy()
+        column = host(cols[:, u])
         cand = np.nonzero(column >= column[pos[u, -1]])[0]
         order = np.lexsort((cand, -column[cand]))[:k]
         vals[u], pos[u] = column[cand[order]], cand[order]
@@ -275,16 +293,25 @@ def _above(cols: torch.Tensor, threshold: np.ndarray, k: int):
     can enter are sorted, grouped by column in ascending order, each group in the lists' order.  ``None`` when
     more than ``4 k`` per column on average reach (values tied at the threshold, e.g. a neuron that is always
     zero): a top-k is then cheaper."""
-    p, u = (cols >= torch.as_tensor(threshold, dtype=cols.dtype)).nonzero(as_tuple=True)  # positions ascending
+    reach = cols >= torch.as_tensor(threshold, dtype=cols.dtype, device=cols.device)
+    if cols.device.type == "cpu":  # numpy finds the few set places of a mask ~10x faster than torch on a CPU
+        p, u = np.divmod(np.flatnonzero(reach.numpy()), cols.shape[1])  # positions ascending, then columns
+    else:
+        p, u = (host(x) for x in reach.nonzero(as_tuple=True))
     if len(p) > 4 * k * cols.shape[1]:
         return None
-    v = cols[p, u] + 0.0  # -0.0 becomes +0.0, so equal values tie
-    bits = v.view(torch.int32)
-    ascending = torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)  # the floats' order, as integers
-    order = torch.argsort((u << 32) + (~ascending).long() + 2**31, stable=True)  # column, value descending
-    u, p, v = u[order].numpy(), p[order].numpy(), v[order].numpy()
+    v = host(cols[torch.as_tensor(p, device=cols.device), torch.as_tensor(u, device=cols.device)]) + np.float32(0)
+    bits = v.view(np.int32)  # (+ 0 above: -0.0 becomes +0.0, so equal values tie)
+    ascending = np.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).astype(np.int64)  # the floats' order, as integers
+    order = np.argsort((u << 32) - ascending, kind="stable")  # column, then value descending (ties: position)
+    u, p, v = u[order], p[order], v[order]
     keep = np.arange(len(u)) - np.searchsorted(u, u) < k  # its place within its column
     return u[keep], p[keep], v[keep]
+
+
+def host(tensor: torch.Tensor) -> np.ndarray:
+    """A tensor's values as a numpy array on the host (a CPU tensor's own memory, no copy)."""
+    return tensor.detach().cpu().numpy()
 
 
 class _Stop(Exception):
