@@ -106,36 +106,36 @@ def hit_rows(topk: dict, context: int, shard_windows, texts) -> tuple["pa.Table"
     span = np.zeros((n, 2), np.int64)
     token = np.zeros(n, np.int64)
     cids = np.full((n, BEFORE + AFTER + 1), -1, np.int64)
+    around = np.arange(-BEFORE, AFTER + 1)
     by_window = np.argsort(window, kind="stable")
-    for first, ids, meta, lengths in shard_windows():
+    for first, ids, meta, lengths in shard_windows():  # every lookup at once per shard, no loop over hits
         lo, hi = np.searchsorted(window[by_window], [first, first + len(lengths)])
-        for i in by_window[lo:hi]:
-            w, t = int(window[i]) - first, int(position[i])
-            length = int(lengths[w])
-            doc[i], span[i], token[i] = meta[w, t, 0], meta[w, t, 1:], ids[w, t]
-            a, b = max(0, t - BEFORE), min(length, t + AFTER + 1)
-            cids[i, a - (t - BEFORE): b - (t - BEFORE)] = ids[w, a:b]
+        i = by_window[lo:hi]
+        w, t = window[i] - first, position[i]
+        doc[i], span[i], token[i] = meta[w, t, 0], meta[w, t, 1:], ids[w, t]
+        places = t[:, None] + around  # [hits, CONTEXT] window positions around each hit
+        inside = (places >= 0) & (places < lengths[w][:, None])
+        cids[i] = np.where(inside, ids[w[:, None], np.clip(places, 0, ids.shape[1] - 1)], -1)
     contexts = np.concatenate(ctx)
     valid = cids >= 0
     start = position - BEFORE
-    ctx_ids, ctx_vals, offsets = [], [], []
-    for i in range(n):
-        m = valid[i]
-        ctx_ids.append(cids[i][m].astype(np.int32))
-        ctx_vals.append(contexts[i][m].astype(np.float32))
-        offsets.append(int(BEFORE - (np.argmax(m) if m.any() else 0)))
+    bounds = np.concatenate([[0], np.cumsum(valid.sum(1))]).astype(np.int32)  # each row's run of kept tokens
+    first_kept = np.where(valid.any(1), np.argmax(valid, axis=1), 0)
     seen = set(np.unique(cids[valid]).tolist()) | set(token.tolist())
+    distinct, which = np.unique(token, return_inverse=True)  # each distinct token's text decoded once
     table = pa.table({
         "kind": pa.array(np.concatenate(kinds).tolist(), pa.string()),
         "layer": pa.array(np.concatenate(layers)), "unit": pa.array(np.concatenate(units)),
         "rank": pa.array(np.concatenate(ranks)), "value": pa.array(np.concatenate(values).astype(np.float32)),
         "token_index": pa.array(key), "window": pa.array(window), "position": pa.array(position.astype(np.int32)),
         "doc": pa.array(doc), "char_start": pa.array(span[:, 0]), "char_end": pa.array(span[:, 1]),
-        "token_id": pa.array(token.astype(np.int32)), "token": pa.array([texts(int(t)) for t in token], pa.string()),
+        "token_id": pa.array(token.astype(np.int32)),
+        "token": pa.array([texts(int(t)) for t in distinct], pa.string()).take(pa.array(which.reshape(-1))),
         "context_start": pa.array(np.maximum(start, 0).astype(np.int32)),
-        "context_ids": pa.array(ctx_ids, pa.list_(pa.int32())),
-        "context_values": pa.array(ctx_vals, pa.list_(pa.float32())),
-        "hit_offset": pa.array(offsets, pa.int32()),
+        "context_ids": pa.ListArray.from_arrays(pa.array(bounds), pa.array(cids[valid].astype(np.int32))),
+        "context_values": pa.ListArray.from_arrays(pa.array(bounds),
+                                                   pa.array(contexts[valid].astype(np.float32))),
+        "hit_offset": pa.array((BEFORE - first_kept).astype(np.int32)),
     })
     return table, seen
 
