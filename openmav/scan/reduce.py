@@ -33,6 +33,7 @@ from .merge import TopK, leaf, stats_of
 from .plan import (AFTER, BEFORE, CENTER, CONTEXT, EDGES, HEAD_FIELDS, HIGH, LOW, N_BINS, Plan,  # noqa: F401
                    neuron_module, neuron_width)
 
+
 def head_grams(parts, layer: int) -> torch.Tensor:
     """``[H, d, d]`` Gram matrices ``W_h W_h^T`` of the output projection's head slices, read by applying the
     module to basis rows (so any layout, Linear or Conv1D, gives the same)."""
@@ -79,7 +80,7 @@ def octave_counts(values: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     return slots, above
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _code_offsets(units: int, device: torch.device) -> torch.Tensor:
     """Each unit's cell in the code-major layout, plus 256 rows: a code of -256 .. 255 (a set sign bit shifts in
     negative) times ``units`` plus this is its (code, unit) cell, the negative values' exponents first."""
